@@ -1,0 +1,94 @@
+"""Run configuration shared by every agent: what data, what budget, which device.
+
+An agent's own hyperparameters live in its file as a dataclass; `RunConfig.agent` holds it.
+Hydra composes these with the YAML groups in configs/ (dataset/, experiment/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and a valid choice."""
+
+
+@dataclass
+class DatasetConfig:
+    id: str | None = None  # a Minari dataset ID; when set, the recipe fields below are ignored
+    env_id: str = "HalfCheetah-v5"  # recipe: gymnasium MuJoCo task
+    quality: str = "medium-replay"  # recipe: random | medium | medium-replay | expert | medium-expert
+    size: int = 20_000  # recipe: transitions in the dataset
+    train_steps: int = 30_000  # recipe: env steps of the behaviour SAC run (expert = its final policy)
+    seed: int = 0  # recipe: seed of the behaviour run and collection
+
+
+@dataclass
+class TrainerConfig:
+    offline_updates: int = 20_000  # gradient updates on offline data before going online
+    online_steps: int = 10_000  # env steps in the online phase
+    updates_per_step: int = 1  # UTD ratio online
+    warmup_steps: int = 0  # online steps with uniform random actions and no updates (online-only agents)
+    offline_share: float = 0.5  # share of offline data in online batches (RLPD/Cal-QL symmetric 50/50); 0 drops it
+    batch_size: int = 256  # TD3+BC, SAC, CQL papers
+    eval_every: int = 5_000  # updates (offline) / env steps (online) between evaluations
+    eval_episodes: int = 5
+    log_every: int = 1_000  # updates between train-metric rows
+    checkpoint_every: int = 5_000  # updates (offline) / env steps (online) between checkpoints
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class RunConfig:
+    agent: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda[:N]; auto takes the GPU when present
+    experiment: str = "quick"
+    resume: bool = True  # continue from run_dir/checkpoint.pt when it exists
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} was asked for but no CUDA device is available; use device=auto or cpu.")
+        return torch.device(name)
+    raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda.")
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Fail early, with the key and a fix, on values that would break the run later."""
+    t, d = cfg.trainer, cfg.dataset
+    positive = {
+        "trainer.batch_size": t.batch_size,
+        "trainer.eval_episodes": t.eval_episodes,
+        "trainer.eval_every": t.eval_every,
+        "trainer.log_every": t.log_every,
+        "trainer.checkpoint_every": t.checkpoint_every,
+        "trainer.updates_per_step": t.updates_per_step,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be a positive integer.")
+    for key, value in {"trainer.offline_updates": t.offline_updates, "trainer.online_steps": t.online_steps,
+                       "trainer.warmup_steps": t.warmup_steps}.items():
+        if value < 0:
+            raise ConfigError(f"{key}={value} must be >= 0 (0 skips it).")
+    if not 0.0 <= t.offline_share <= 1.0:
+        raise ConfigError(f"trainer.offline_share={t.offline_share} must lie in [0, 1].")
+    if d.id is None:
+        if d.quality not in QUALITIES:
+            raise ConfigError(f"dataset.quality={d.quality!r} is not a recipe; choose one of {', '.join(QUALITIES)}.")
+        if d.size <= 0 or d.train_steps <= 0:
+            raise ConfigError("dataset.size and dataset.train_steps must be positive.")
+    resolve_device(cfg.device)

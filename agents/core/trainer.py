@@ -1,0 +1,300 @@
+"""The loop every agent shares: offline phase -> online phase, with evaluation, logs and
+exact-resume checkpoints.
+
+Offline: `offline_updates` updates on batches from the offline store.
+Online: `online_steps` env steps; after each (past `warmup_steps`) `updates_per_step`
+updates on batches from `agent.make_online_sampler` (by default a fixed offline/online
+mixture). Evaluations every `eval_every` updates/steps and at the end of each phase.
+
+A checkpoint holds the agent (networks, optimizers, counters), the online store, the env's
+simulator state, every RNG and the log row counts, and is written atomically; a run started
+again in the same directory continues from it and reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agents.core.agent import Agent
+from agents.core.config import TrainerConfig
+from agents.core.envs import get_env_state, run_episodes, set_env_state
+from agents.core.logging import RunLogger, scalars
+from worldmodels.data.samplers import UniformSampler
+from worldmodels.data.store import TransitionStore
+
+
+@dataclass
+class EvalResult:
+    phase: str
+    mean_return: float
+    std_return: float
+    normalized_score: float | None
+
+
+@dataclass
+class TrainerState:
+    offline_updates: int = 0
+    env_steps: int = 0
+    updates: int = 0
+    evaluations: int = 0
+    episodes: int = 0
+    episode_return: float = 0.0
+    episode_length: int = 0
+    online_started: bool = False
+    done: bool = False
+    seconds: float = 0.0
+    last_eval: dict[str, dict] = field(default_factory=dict)  # phase -> EvalResult fields
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(
+        self,
+        agent: Agent,
+        cfg: TrainerConfig,
+        env_fn: Callable[[], gym.Env],
+        offline: TransitionStore | None,
+        run_dir: Path | str,
+        seed: int = 0,
+        ref_scores: tuple[float | None, float | None] = (None, None),
+        summary_extra: dict | None = None,
+        tensorboard: bool = True,
+    ):
+        self.agent, self.cfg, self.env_fn, self.offline = agent, cfg, env_fn, offline
+        self.run_dir = Path(run_dir)
+        self.seed, self.ref_scores = seed, ref_scores
+        self.summary_extra = summary_extra or {}
+        self.device = agent.device
+        self.state = TrainerState()
+        self.env = env_fn()
+        spec = agent.spec
+        capacity = max(cfg.online_steps, 1)
+        self.online = TransitionStore(capacity, spec.obs_dim, spec.act_dim, self.device)
+        self.obs: np.ndarray | None = None
+        self.on_evaluate: list[Callable[[Trainer, EvalResult], None]] = []  # e.g. policy snapshots
+        self.stop_after: int | None = None  # testing aid: stop (as if killed) after this many checkpoints
+        self._checkpoints_written = 0
+        self.tensorboard = tensorboard
+        if agent.uses_offline_data and offline is None and cfg.offline_updates > 0:
+            raise ValueError(f"{type(agent).__name__} trains offline but no offline dataset was given.")
+
+    # --- public ---------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def run(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(self.seed)
+        resumed = self.checkpoint_path.exists() and self.load_checkpoint()
+        self.logger = RunLogger(self.run_dir, self.tensorboard, purge_step=self.global_step if resumed else None)
+        if resumed:
+            self.logger.truncate(self._log_rows)
+        if self.state.done:
+            self.logger.close()
+            return self.write_summary()
+        if not resumed and self.offline is not None:
+            self.agent.on_offline_start(self.offline)
+        total = (self.cfg.offline_updates if self.agent.uses_offline_data else 0) + self.cfg.online_steps
+        self.bar = tqdm(total=total, initial=self.global_step, disable=not self.cfg.progress,
+                        desc=type(self.agent).__name__, dynamic_ncols=True)
+        self._clock = time.perf_counter()
+        try:
+            if self.agent.uses_offline_data and self.offline is not None:
+                if not self.offline_phase():
+                    return {}
+            if not self.online_phase():
+                return {}
+            self.state.done = True
+            self.save_checkpoint()
+        finally:
+            self.bar.close()
+            self.logger.close()
+        return self.write_summary()
+
+    @property
+    def global_step(self) -> int:
+        """Monotonic across phases: offline updates, then env steps (the x-axis of the logs)."""
+        return self.state.offline_updates + self.state.env_steps
+
+    # --- phases ---------------------------------------------------------------------
+    def offline_phase(self) -> bool:
+        cfg, st = self.cfg, self.state
+        sampler = UniformSampler(self.offline)
+        while st.offline_updates < cfg.offline_updates:
+            info = self.agent.update(sampler.sample(cfg.batch_size))
+            st.offline_updates += 1
+            st.updates += 1
+            self.bar.update(1)
+            if st.offline_updates % cfg.log_every == 0:
+                self.logger.log("train", self.global_step, {"phase": 0} | scalars(info))
+            if st.offline_updates % cfg.eval_every == 0 or st.offline_updates == cfg.offline_updates:
+                self.evaluate("offline")
+            if st.offline_updates % cfg.checkpoint_every == 0 and not self.checkpoint_and_continue():
+                return False
+        return True
+
+    def online_phase(self) -> bool:
+        cfg, st = self.cfg, self.state
+        if cfg.online_steps == 0:
+            return True
+        if not st.online_started:
+            self.agent.on_online_start(self)
+            self.obs, _ = self.env.reset(seed=self.seed)
+            st.online_started = True
+        sampler = self.agent.make_online_sampler(self.offline, self.online, cfg.offline_share)
+        info: dict = {}
+        while st.env_steps < cfg.online_steps:
+            self.env_step()
+            if st.env_steps > cfg.warmup_steps and len(sampler) > 0:
+                for _ in range(cfg.updates_per_step):
+                    info = self.agent.update(sampler.sample(cfg.batch_size))
+                    st.updates += 1
+            self.bar.update(1)
+            if st.env_steps % cfg.log_every == 0 and info:
+                self.logger.log("train", self.global_step, {"phase": 1} | scalars(info))
+            if st.env_steps % cfg.eval_every == 0 or st.env_steps == cfg.online_steps:
+                self.evaluate("online")
+            if st.env_steps % cfg.checkpoint_every == 0 and not self.checkpoint_and_continue():
+                return False
+        return True
+
+    def env_step(self) -> None:
+        st = self.state
+        obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+        if st.env_steps < self.cfg.warmup_steps:
+            act_t = self.agent.random_action(1)
+        else:
+            act_t = self.agent.act(obs_t)
+        act = act_t[0].cpu().numpy()
+        next_obs, rew, term, trunc, _ = self.env.step(act)
+        self.online.add(
+            obs=obs_t, act=act_t, rew=torch.tensor([rew]), next_obs=torch.as_tensor(next_obs).unsqueeze(0),
+            terminal=torch.tensor([float(term)]), truncated=torch.tensor([float(trunc and not term)]),
+        )
+        st.env_steps += 1
+        st.episode_return += float(rew)
+        st.episode_length += 1
+        self.obs = next_obs
+        if term or trunc:
+            self.agent.on_episode_end(st.episode_return, st.episode_length)
+            self.logger.log("episodes", self.global_step,
+                            {"return": st.episode_return, "length": st.episode_length, "env_steps": st.env_steps})
+            st.episodes += 1
+            st.episode_return, st.episode_length = 0.0, 0
+            self.obs, _ = self.env.reset()
+
+    # --- evaluation -----------------------------------------------------------------
+    def normalized(self, ret: float) -> float | None:
+        lo, hi = self.ref_scores
+        if lo is None or hi is None or hi == lo:
+            return None
+        return 100.0 * (ret - lo) / (hi - lo)
+
+    def evaluate(self, phase: str) -> EvalResult:
+        # A seed per evaluation, disjoint from training seeds, and no use of the global RNG
+        # stream beyond what the policy consumes (deterministic actions consume none).
+        seed = 10_000_000 + 1_000 * self.seed + self.cfg.eval_episodes * self.state.evaluations
+        results = run_episodes(self.env_fn, lambda o: self.agent.act(o, deterministic=True),
+                               self.cfg.eval_episodes, seed, self.device)
+        mean = float(results.returns.mean())
+        result = EvalResult(phase, mean, float(results.returns.std()), self.normalized(mean))
+        self.state.evaluations += 1
+        self.state.last_eval[phase] = result.__dict__
+        row = {"phase": 0 if phase == "offline" else 1, "return": mean, "return_std": result.std_return,
+               "offline_updates": self.state.offline_updates, "env_steps": self.state.env_steps,
+               "updates": self.state.updates}
+        if result.normalized_score is not None:
+            row["normalized_score"] = result.normalized_score
+        self.logger.log("eval", self.global_step, row)
+        self.logger.flush()
+        score = f"{result.normalized_score:.1f}" if result.normalized_score is not None else "n/a"
+        self.bar.set_postfix_str(f"{phase} return {mean:.1f} score {score}")
+        for callback in self.on_evaluate:
+            callback(self, result)
+        return result
+
+    # --- checkpoints ----------------------------------------------------------------
+    def checkpoint_and_continue(self) -> bool:
+        self.save_checkpoint()
+        self._checkpoints_written += 1
+        return self.stop_after is None or self._checkpoints_written < self.stop_after
+
+    def save_checkpoint(self) -> None:
+        now = time.perf_counter()
+        self.state.seconds += now - self._clock
+        self._clock = now
+        state = {
+            "trainer": self.state.__dict__,
+            "agent": self.agent.state_dict(),
+            "online": self.online.state_dict(),
+            "rng": rng_state(),
+            "env": get_env_state(self.env) if self.state.online_started else None,
+            "obs": None if self.obs is None else torch.as_tensor(self.obs),
+            "log_rows": dict(self.logger.rows),
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)  # atomic: a kill never leaves a half-written checkpoint
+
+    def load_checkpoint(self) -> bool:
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.state = TrainerState(**state["trainer"])
+        self.agent.load_state_dict(state["agent"])
+        self.online.load_state_dict(state["online"])
+        if state["env"] is not None:
+            set_env_state(self.env, state["env"])
+        self.obs = None if state["obs"] is None else state["obs"].cpu().numpy()
+        set_rng_state(state["rng"])
+        self._log_rows = state["log_rows"]
+        return True
+
+    # --- summary --------------------------------------------------------------------
+    def write_summary(self) -> dict:
+        off, on = self.state.last_eval.get("offline"), self.state.last_eval.get("online")
+        summary = {
+            "agent": getattr(self.agent.cfg, "name", type(self.agent).__name__.lower()),
+            "seed": self.seed,
+            "offline_score": off and off["normalized_score"],
+            "online_score": on and on["normalized_score"],
+            "offline_return": off and off["mean_return"],
+            "online_return": on and on["mean_return"],
+            "updates": self.state.updates,
+            "env_steps": self.state.env_steps,
+            "seconds": round(self.state.seconds, 2),
+        } | self.summary_extra
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, self.run_dir / "summary.json")
+        return summary

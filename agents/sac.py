@@ -1,0 +1,126 @@
+"""SAC: Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", 2018 (automatic
+entropy tuning). Online by default; MOPO (agents/mopo.py) is SAC on model-augmented batches.
+
+    python -m agents.sac
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.core.agent import Agent, EnvSpec
+from agents.core.networks import CriticEnsemble, ObsNormalizer, TanhGaussianActor, adam, soft_update
+from worldmodels.data.store import Batch, TransitionStore
+
+
+@dataclass
+class SACConfig:
+    name: str = "sac"
+    actor_lr: float = 3e-4  # Haarnoja et al. 2018, table 1
+    critic_lr: float = 3e-4  # Haarnoja et al. 2018, table 1
+    alpha_lr: float = 3e-4  # Haarnoja et al. 2018, table 1
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # Haarnoja et al. 2018
+    num_critics: int = 2  # clipped double Q (Haarnoja et al. 2018)
+    gamma: float = 0.99  # Haarnoja et al. 2018
+    tau: float = 0.005  # Haarnoja et al. 2018
+    init_alpha: float = 1.0  # common reference choice (CleanRL, OfflineRL-Kit start at 1)
+    auto_alpha: bool = True  # Haarnoja et al. 2018: tune alpha to a target entropy
+    target_entropy: float | None = None  # None = -act_dim (Haarnoja et al. 2018)
+    normalize_obs: bool = False
+
+
+class SAC(Agent):
+    uses_offline_data = False
+
+    def __init__(self, cfg: SACConfig, spec: EnvSpec, device: torch.device):
+        super().__init__(cfg, spec, device)
+        self.normalizer = ObsNormalizer(spec.obs_dim)
+        self.actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.act_scale, spec.act_bias, cfg.hidden)
+        self.critic = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden)
+        self.critic_target = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha)).log())
+        self.target_entropy = -float(spec.act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.to(device)
+        self.optimizers = {
+            "actor": adam(self.actor.parameters(), cfg.actor_lr),
+            "critic": adam(self.critic.parameters(), cfg.critic_lr),
+            "alpha": adam([self.log_alpha], cfg.alpha_lr),
+        }
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.detach().exp()
+
+    def on_offline_start(self, offline: TransitionStore) -> None:
+        if self.cfg.normalize_obs:
+            self.normalizer.fit(offline.data["obs"][: len(offline)])
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        return self.actor(self.normalizer(obs), deterministic)[0]
+
+    # --- losses ------------------------------------------------------------------
+    def target_value(self, batch: Batch, next_obs: Tensor) -> Tensor:
+        """Soft value of s' for the Bellman target: min_i Q'_i(s', a') - alpha log pi(a'|s')."""
+        next_act, next_log_prob = self.actor(next_obs)
+        next_q = self.critic_target(next_obs, next_act)  # [N, B]
+        return next_q.min(0).values - self.alpha * next_log_prob
+
+    def critic_loss(self, batch: Batch, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, dict]:
+        with torch.no_grad():
+            # truncation keeps the bootstrap: only true terminals zero it
+            target = batch.rew + self.cfg.gamma * (1.0 - batch.terminal) * self.target_value(batch, next_obs)
+        q = self.critic(obs, batch.act)  # [N, B]
+        loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
+        return loss, {"loss/critic": loss.detach(), "q/mean": q.detach().mean()}
+
+    def actor_loss(self, batch: Batch, obs: Tensor) -> tuple[Tensor, dict]:
+        act, log_prob = self.actor(obs)
+        q = self.critic(obs, act).min(0).values  # [B]
+        loss = (self.alpha * log_prob - q).mean()
+        return loss, {"loss/actor": loss.detach(), "actor/entropy": -log_prob.detach().mean(), "_log_prob": log_prob}
+
+    def alpha_loss(self, log_prob: Tensor) -> tuple[Tensor, dict]:
+        loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        return loss, {"loss/alpha": loss.detach(), "alpha": self.alpha}
+
+    # --- update ------------------------------------------------------------------
+    def step(self, name: str, loss: Tensor) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
+        critic_loss, info = self.critic_loss(batch, obs, next_obs)
+        self.step("critic", critic_loss)
+        # the actor reads the updated critic; its gradient must not reach the critic's params
+        self.critic.requires_grad_(False)
+        actor_loss, actor_info = self.actor_loss(batch, obs)
+        self.step("actor", actor_loss)
+        self.critic.requires_grad_(True)
+        log_prob = actor_info.pop("_log_prob")
+        if self.cfg.auto_alpha:
+            alpha_loss, alpha_info = self.alpha_loss(log_prob)
+            self.step("alpha", alpha_loss)
+            actor_info |= alpha_info
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        self.num_updates += 1
+        return info | actor_info
+
+
+def main() -> None:
+    from agents.core.entry import run
+
+    run(SAC, SACConfig, "sac")
+
+
+if __name__ == "__main__":
+    main()
