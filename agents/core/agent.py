@@ -79,6 +79,11 @@ class Agent(nn.Module):
             {"offline": offline_share, "online": 1.0 - offline_share},
         )
 
+    def model_fit_weights(self, num_offline: int, num_online: int) -> Tensor | None:
+        """Per-transition weights (offline rows first) for refitting the world model online;
+        None = uniform. MOORe weights offline data by its decaying priority."""
+        return None
+
     # --- helpers for subclasses --------------------------------------------------
     def random_action(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         u = torch.rand((n, self.spec.act_dim), device=self.device, generator=generator)

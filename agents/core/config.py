@@ -7,9 +7,13 @@ Hydra composes these with the YAML groups in configs/ (dataset/, experiment/).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from worldmodels.rollout import RolloutConfig
+from worldmodels.world import KINDS, WorldModelConfig
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
 
@@ -48,6 +52,8 @@ class RunConfig:
     agent: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)  # none: model-free
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # read only when world_model is not none
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]; auto takes the GPU when present
     experiment: str = "quick"
@@ -91,4 +97,23 @@ def check_run_config(cfg: RunConfig) -> None:
             raise ConfigError(f"dataset.quality={d.quality!r} is not a recipe; choose one of {', '.join(QUALITIES)}.")
         if d.size <= 0 or d.train_steps <= 0:
             raise ConfigError("dataset.size and dataset.train_steps must be positive.")
+    w, r = cfg.world_model, cfg.rollout
+    if w.kind not in KINDS:
+        raise ConfigError(f"world_model={w.kind!r} is unknown; choose one of {', '.join(KINDS)}.")
+    if w.kind != "none":
+        if r.horizon < 0 or r.num_starts <= 0 or r.every <= 0 or r.keep_rounds <= 0 or r.chunk <= 0:
+            raise ConfigError("rollout.horizon must be >= 0 and rollout.num_starts/every/keep_rounds/chunk positive.")
+        if not 0.0 <= r.real_ratio <= 1.0:
+            raise ConfigError(f"rollout.real_ratio={r.real_ratio} must lie in [0, 1].")
+        if r.penalty_coef < 0:
+            raise ConfigError(f"rollout.penalty_coef={r.penalty_coef} must be >= 0 (it scales a penalty).")
+        if w.uncertainty not in ("aleatoric", "disagreement", "ensemble_std", "total_variance"):
+            raise ConfigError(f"uncertainty={w.uncertainty!r} is not a dynamics estimator; choose aleatoric, "
+                              "disagreement, ensemble_std or total_variance.")
+        if w.termination not in ("auto", "learned", "none"):
+            raise ConfigError(f"world_model.termination={w.termination!r}: choose auto, learned or none.")
+        if not 1 <= w.num_elites <= w.ensemble_size:
+            raise ConfigError("world_model.num_elites must lie in [1, world_model.ensemble_size].")
+        if w.load_path is not None and not Path(w.load_path).is_file():
+            raise ConfigError(f"world_model.load_path={w.load_path} does not exist; give a dynamics.pt from a run dir.")
     resolve_device(cfg.device)

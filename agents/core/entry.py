@@ -25,6 +25,7 @@ from agents.core.envs import box_bounds, make_env
 from agents.core.trainer import Trainer, seed_everything
 from worldmodels.data.minari_io import DatasetError, OfflineDataset, load_offline_dataset, validate
 from worldmodels.data.store import TransitionStore
+from worldmodels.world import make_world_model
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 #: keys that may change between a run and its resumption
@@ -112,9 +113,10 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     refs = (dataset.ref_min_score, dataset.ref_max_score) if dataset is not None else (None, None)
     extra = {"dataset_id": dataset.dataset_id if dataset is not None else None, "env_id": env_id,
              "experiment": cfg.experiment, "device": str(device)}
+    world = make_world_model(cfg.world_model, cfg.rollout, spec.obs_dim, spec.act_dim, env_id, device)
     return Trainer(agent, cfg.trainer, lambda: make_env(env_id),
                    offline_store(dataset, device) if dataset is not None else None,
-                   run_dir, seed=cfg.seed, ref_scores=refs, summary_extra=extra)
+                   run_dir, seed=cfg.seed, ref_scores=refs, summary_extra=extra, world=world)
 
 
 def execute(agent_cls: type[Agent], cfg, run_dir: Path) -> dict:

@@ -6,6 +6,7 @@ step; evaluation and the dataset recipes both use it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,28 @@ import torch
 from gymnasium.wrappers import TimeLimit
 
 
+def _quiet_mujoco() -> None:
+    """MuJoCo >= 3.3 warns on every gymnasium v5 model load that `settotalmass` is deprecated
+    (gymnasium's XML, nothing we can fix); let that one through once, everything else as usual."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    seen: set[str] = set()
+
+    def handler(message: str) -> None:
+        if "settotalmass" in message:
+            if message in seen:
+                return
+            seen.add(message)
+        warnings.warn(f"MuJoCo: {message.strip()}", stacklevel=2)
+
+    if getattr(mujoco.get_mju_user_warning(), "__name__", "") != "handler":
+        mujoco.set_mju_user_warning(handler)
+
+
 def make_env(env_id: str) -> gym.Env:
+    _quiet_mujoco()
     try:
         return gym.make(env_id)
     except gym.error.Error as err:

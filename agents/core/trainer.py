@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,9 @@ from agents.core.agent import Agent
 from agents.core.config import TrainerConfig
 from agents.core.envs import get_env_state, run_episodes, set_env_state
 from agents.core.logging import RunLogger, scalars
-from worldmodels.data.samplers import UniformSampler
+from worldmodels.data.samplers import Sampler, UniformSampler
 from worldmodels.data.store import TransitionStore
+from worldmodels.world import WorldModel, store_fit_data
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Trainer:
         ref_scores: tuple[float | None, float | None] = (None, None),
         summary_extra: dict | None = None,
         tensorboard: bool = True,
+        world: WorldModel | None = None,
     ):
         self.agent, self.cfg, self.env_fn, self.offline = agent, cfg, env_fn, offline
         self.run_dir = Path(run_dir)
@@ -106,6 +109,7 @@ class Trainer:
         self.stop_after: int | None = None  # testing aid: stop (as if killed) after this many checkpoints
         self._checkpoints_written = 0
         self.tensorboard = tensorboard
+        self.world = world  # None or null: model-free, rollouts never run
         if agent.uses_offline_data and offline is None and cfg.offline_updates > 0:
             raise ValueError(f"{type(agent).__name__} trains offline but no offline dataset was given.")
 
@@ -128,7 +132,8 @@ class Trainer:
             self.agent.on_offline_start(self.offline)
         total = (self.cfg.offline_updates if self.agent.uses_offline_data else 0) + self.cfg.online_steps
         self.bar = tqdm(total=total, initial=self.global_step, disable=not self.cfg.progress,
-                        desc=type(self.agent).__name__, dynamic_ncols=True)
+                        desc=type(self.agent).__name__, dynamic_ncols=True,
+                        mininterval=0.2 if sys.stderr.isatty() else 30.0)  # logs stay readable
         self._clock = time.perf_counter()
         try:
             if self.agent.uses_offline_data and self.offline is not None:
@@ -151,8 +156,12 @@ class Trainer:
     # --- phases ---------------------------------------------------------------------
     def offline_phase(self) -> bool:
         cfg, st = self.cfg, self.state
-        sampler = UniformSampler(self.offline)
+        real = UniformSampler(self.offline)
+        if self.model_based and not self.world.fitted and st.offline_updates < cfg.offline_updates:
+            self.fit_world(store_fit_data(self.offline))
+        sampler = self.batches(real)
         while st.offline_updates < cfg.offline_updates:
+            self.maybe_rollout(real)
             info = self.agent.update(sampler.sample(cfg.batch_size))
             st.offline_updates += 1
             st.updates += 1
@@ -173,12 +182,19 @@ class Trainer:
             self.agent.on_online_start(self)
             self.obs, _ = self.env.reset(seed=self.seed)
             st.online_started = True
-        sampler = self.agent.make_online_sampler(self.offline, self.online, cfg.offline_share)
+        real = self.agent.make_online_sampler(self.offline, self.online, cfg.offline_share)
+        sampler = self.batches(real)
         info: dict = {}
+        refit_every = self.world.cfg.refit_every if self.model_based else 0
         while st.env_steps < cfg.online_steps:
             self.env_step()
-            if st.env_steps > cfg.warmup_steps and len(sampler) > 0:
+            if refit_every and st.env_steps % refit_every == 0:
+                self.fit_world(store_fit_data(self.offline, self.online),
+                               self.agent.model_fit_weights(len(self.offline) if self.offline is not None else 0,
+                                                             len(self.online)))
+            if st.env_steps > cfg.warmup_steps and len(real) > 0:
                 for _ in range(cfg.updates_per_step):
+                    self.maybe_rollout(real)
                     info = self.agent.update(sampler.sample(cfg.batch_size))
                     st.updates += 1
             self.bar.update(1)
@@ -189,6 +205,27 @@ class Trainer:
             if st.env_steps % cfg.checkpoint_every == 0 and not self.checkpoint_and_continue():
                 return False
         return True
+
+    # --- world model ------------------------------------------------------------------
+    @property
+    def model_based(self) -> bool:
+        return self.world is not None and not self.world.null
+
+    def batches(self, real: Sampler) -> Sampler:
+        """The one mixing rule: the world model decides the real/imagined share."""
+        return self.world.sampler(real) if self.world is not None else real
+
+    def fit_world(self, data: dict, weights=None) -> None:
+        report = self.world.fit(data, weights)
+        self.world.model.save(self.run_dir / "dynamics.pt")  # reusable: world_model.load_path=...
+        self.logger.log("model", self.global_step, {
+            "holdout_mse_elites": sum(report.holdout_mse[i] for i in report.elite_indices) / len(report.elite_indices),
+            "epochs": report.epochs, "seconds": report.seconds, "transitions": len(data["obs"])})
+
+    def maybe_rollout(self, starts: Sampler) -> None:
+        if self.model_based and self.world.due(self.state.updates):
+            self.world.generate(lambda o: self.agent.act(o), starts)
+            self.logger.log("model", self.global_step, self.world.metrics())
 
     def env_step(self) -> None:
         st = self.state
@@ -263,6 +300,7 @@ class Trainer:
             "env": get_env_state(self.env) if self.state.online_started else None,
             "obs": None if self.obs is None else torch.as_tensor(self.obs),
             "log_rows": dict(self.logger.rows),
+            "world": self.world.state_dict() if self.world is not None else {},
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -278,6 +316,8 @@ class Trainer:
         self.obs = None if state["obs"] is None else state["obs"].cpu().numpy()
         set_rng_state(state["rng"])
         self._log_rows = state["log_rows"]
+        if self.world is not None:
+            self.world.load_state_dict(state["world"])
         return True
 
     # --- summary --------------------------------------------------------------------
@@ -294,6 +334,10 @@ class Trainer:
             "env_steps": self.state.env_steps,
             "seconds": round(self.state.seconds, 2),
         } | self.summary_extra
+        if self.model_based:
+            metrics = self.world.metrics() or getattr(self.world, "_restored_metrics", {})
+            summary["model_holdout_mse"] = metrics.get("model/holdout_mse")
+            summary["mean_penalty"] = metrics.get("model/penalty_mean")
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, self.run_dir / "summary.json")

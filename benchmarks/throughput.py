@@ -1,0 +1,81 @@
+"""Updates per second of one agent at standard sizes (256x2 MLPs, batch 256), on the current
+device, from a synthetic HalfCheetah-sized store (obs 17, act 6, 100k transitions) so the figure
+measures the update, not data loading.
+
+    python benchmarks/throughput.py --agent td3bc --seconds 20
+
+Prints one JSON line. The warm-up updates (first 10% of the time) are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+
+import torch
+
+from agents.core.agent import EnvSpec
+from agents.core.config import resolve_device
+from worldmodels.data.samplers import UniformSampler
+from worldmodels.data.store import TransitionStore
+
+AGENTS = {  # name -> (module, agent class, config class)
+    "bc": ("agents.bc", "BC", "BCConfig"),
+    "td3": ("agents.td3", "TD3", "TD3Config"),
+    "td3bc": ("agents.td3bc", "TD3BC", "TD3BCConfig"),
+    "sac": ("agents.sac", "SAC", "SACConfig"),
+}
+
+
+def synthetic_store(n: int, obs_dim: int, act_dim: int, device: torch.device) -> TransitionStore:
+    g = torch.Generator().manual_seed(0)
+    return TransitionStore.from_tensors(
+        {"obs": torch.randn(n, obs_dim, generator=g), "act": torch.rand(n, act_dim, generator=g) * 2 - 1,
+         "rew": torch.randn(n, generator=g), "next_obs": torch.randn(n, obs_dim, generator=g),
+         "terminal": (torch.rand(n, generator=g) < 0.01).float(), "truncated": torch.zeros(n)},
+        device=device,
+    )
+
+
+def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256) -> dict:
+    module, cls_name, cfg_name = AGENTS[agent_name]
+    mod = importlib.import_module(module)
+    spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
+    torch.manual_seed(0)
+    agent = getattr(mod, cls_name)(getattr(mod, cfg_name)(), spec, device)
+    store = synthetic_store(100_000, 17, 6, device)
+    agent.on_offline_start(store)
+    sampler = UniformSampler(store)
+
+    def run_for(budget: float) -> int:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < budget:
+            for _ in range(50):
+                agent.update(sampler.sample(batch_size))
+            n += 50
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    run_for(0.1 * seconds)  # warm-up: allocator, kernels
+    start = time.perf_counter()
+    n = run_for(seconds)
+    elapsed = time.perf_counter() - start
+    return {"agent": agent_name, "updates_per_second": round(n / elapsed, 1), "updates": n,
+            "seconds": round(elapsed, 2), "batch_size": batch_size, "hidden": [256, 256],
+            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agent", required=True, choices=sorted(AGENTS))
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    print(json.dumps(measure(args.agent, args.seconds, resolve_device(args.device))))
+
+
+if __name__ == "__main__":
+    main()

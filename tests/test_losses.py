@@ -1,0 +1,265 @@
+"""Losses, targets and networks on inputs whose answer is known by hand or by an independent
+reference computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
+
+from agents.bc import bc_loss
+from agents.core.agent import EnvSpec
+from agents.core.networks import CriticEnsemble, DeterministicActor, TanhGaussianActor, soft_update
+from agents.sac import SAC, SACConfig
+from agents.td3 import TD3, TD3Config
+from agents.td3bc import td3bc_actor_loss
+from worldmodels.data.store import Batch
+
+CPU = torch.device("cpu")
+# asymmetric, exactly representable bounds: scale (1.5, 0.5, 1), bias (0.5, 0.5, -2)
+LOW = torch.tensor([-1.0, 0.0, -3.0])
+HIGH = torch.tensor([2.0, 1.0, -1.0])
+SPEC = EnvSpec(obs_dim=4, act_dim=3, act_low=LOW, act_high=HIGH)
+
+
+def make_batch(n: int = 6, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    act = LOW + torch.rand(n, 3, generator=g) * (HIGH - LOW)
+    terminal = torch.zeros(n)
+    truncated = torch.zeros(n)
+    terminal[1] = 1.0  # true termination: bootstrap zeroed
+    truncated[2] = 1.0  # time-limit cut: bootstrap kept
+    terminal[3], truncated[3] = 1.0, 1.0  # both set: termination wins
+    return Batch(torch.randn(n, 4, generator=g), act, torch.randn(n, generator=g), torch.randn(n, 4, generator=g),
+                 terminal, truncated)
+
+
+def perturb(module: torch.nn.Module, seed: int) -> None:
+    """Make a target network differ from its online twin, so using the wrong one is caught."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def member_forward(critic: CriticEnsemble, i: int, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Q_i(s, a) by hand from member i's weights: plain matmuls, no batching over members."""
+    x = torch.cat([obs, act], -1)
+    for layer in critic.hidden:
+        x = torch.relu(x @ layer.weight[i] + layer.bias[i, 0])
+    return (x @ critic.head.weight[i] + critic.head.bias[i, 0]).squeeze(-1)
+
+
+def reference_log_prob(actor: TanhGaussianActor, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) from torch.distributions: Normal -> tanh -> affine, in float64."""
+    dist = actor.distribution(obs)
+    base = Normal(dist.loc.double(), dist.scale.double())
+    squash = TransformedDistribution(base, [TanhTransform(), AffineTransform(actor.act_bias.double(),
+                                                                             actor.act_scale.double())])
+    return squash.log_prob(act.double()).sum(-1)
+
+
+# --- TD3+BC and BC ---------------------------------------------------------------------------
+def test_td3bc_actor_loss_by_hand():
+    q = torch.tensor([1.0, -3.0], requires_grad=True)
+    policy = torch.tensor([[0.5, -0.5], [0.0, 1.0]])
+    data = torch.zeros(2, 2)
+    loss, info = td3bc_actor_loss(q, policy, data, alpha=2.5)
+    lmbda = 2.5 / 2.0  # alpha / mean|Q| = 2.5 / ((1 + 3) / 2)
+    mse = (0.25 + 0.25 + 0.0 + 1.0) / 4
+    assert info["actor/lambda"].item() == pytest.approx(lmbda)
+    assert info["loss/bc"].item() == pytest.approx(mse)
+    assert loss.item() == pytest.approx(-lmbda * (-1.0) + mse)
+    assert info["loss/actor"].item() == pytest.approx(loss.item())
+    loss.backward()
+    # lambda is a constant for the gradient (Fujimoto & Gu 2021): d loss / d q_i = -lambda / B
+    assert q.grad.tolist() == pytest.approx([-lmbda / 2, -lmbda / 2])
+
+
+def test_td3bc_bc_term_gradient_pulls_toward_data():
+    policy = torch.tensor([[0.5, -0.5], [0.0, 1.0]], requires_grad=True)
+    data = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    loss, _ = td3bc_actor_loss(torch.tensor([2.0, 2.0]), policy, data, alpha=2.5)
+    loss.backward()
+    assert torch.allclose(policy.grad, 2 * (policy - data).detach() / 4)
+
+
+def test_bc_loss_by_hand():
+    policy = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    data = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    loss, info = bc_loss(policy, data)
+    expected = (1.0 + 0.0 + 4.0 + 4.0) / 4
+    assert loss.item() == pytest.approx(expected)
+    assert info["loss/bc"].item() == pytest.approx(expected)
+
+
+# --- TD3 target -------------------------------------------------------------------------------
+def tiny_td3(**kw) -> TD3:
+    torch.manual_seed(0)
+    agent = TD3(TD3Config(hidden=[8, 8], **kw), SPEC, CPU)
+    perturb(agent.actor_target, 1)
+    perturb(agent.critic_target, 2)
+    return agent
+
+
+def test_td3_target_zeroes_bootstrap_only_on_terminal():
+    agent = tiny_td3(policy_noise=0.0)
+    batch = make_batch()
+    target = agent.td_target(batch, batch.next_obs)
+    with torch.no_grad():
+        next_act = agent.actor_target(batch.next_obs)
+        next_q = torch.minimum(member_forward(agent.critic_target, 0, batch.next_obs, next_act),
+                               member_forward(agent.critic_target, 1, batch.next_obs, next_act))
+    not_done = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])  # terminal rows 1 and 3; row 2 is truncated only
+    expected = batch.rew + 0.99 * not_done * next_q
+    assert torch.allclose(target, expected, atol=1e-6)
+    assert target[1] == batch.rew[1] and target[3] == batch.rew[3]
+    assert not torch.isclose(target[2], batch.rew[2])  # truncation keeps the bootstrap
+
+
+def test_td3_target_policy_smoothing_noise_is_clipped_and_bounded():
+    agent = tiny_td3(policy_noise=0.8, noise_clip=0.5)  # large noise so both clips are exercised
+    batch = make_batch(64)
+    torch.manual_seed(7)
+    target = agent.td_target(batch, batch.next_obs)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        scale = (HIGH - LOW) / 2
+        noise = torch.randn_like(batch.act) * 0.8 * scale
+        noise = torch.maximum(torch.minimum(noise, 0.5 * scale), -0.5 * scale)
+        next_act = torch.maximum(torch.minimum(agent.actor_target(batch.next_obs) + noise, HIGH), LOW)
+        q = torch.stack([member_forward(agent.critic_target, i, batch.next_obs, next_act) for i in range(2)])
+    expected = batch.rew + 0.99 * (1 - batch.terminal) * q.min(0).values
+    assert torch.allclose(target, expected, atol=1e-6)
+
+
+def test_td3_critic_loss_regresses_both_critics_on_one_target():
+    agent = tiny_td3(policy_noise=0.0)
+    batch = make_batch()
+    loss, _ = agent.critic_loss(batch, batch.obs, batch.next_obs)
+    target = agent.td_target(batch, batch.next_obs)
+    q = [member_forward(agent.critic, i, batch.obs, batch.act) for i in range(2)]
+    expected = sum(((qi - target) ** 2).mean() for qi in q)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# --- SAC target -------------------------------------------------------------------------------
+def test_sac_critic_target_by_hand():
+    torch.manual_seed(0)
+    alpha, gamma = 0.05, 0.9
+    agent = SAC(SACConfig(hidden=[8, 8], auto_alpha=False, init_alpha=alpha, gamma=gamma), SPEC, CPU)
+    perturb(agent.critic_target, 3)
+    batch = make_batch()
+
+    def manual_loss(b: Batch) -> torch.Tensor:
+        with torch.no_grad():
+            dist = agent.actor.distribution(b.next_obs)
+            u = dist.rsample().double()  # the same draw the agent makes after the same seed
+            mean, std = dist.loc.double(), dist.scale.double()
+            scale, bias = agent.actor.act_scale.double(), agent.actor.act_bias.double()
+            log_prob = (-((u - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
+                        - torch.log(1 - torch.tanh(u) ** 2) - scale.log()).sum(-1)
+            next_act = (torch.tanh(u) * scale + bias).float()
+            next_q = torch.stack([member_forward(agent.critic_target, i, b.next_obs, next_act) for i in range(2)])
+            soft_v = next_q.min(0).values.double() - alpha * log_prob
+            target = b.rew.double() + gamma * (1 - b.terminal.double()) * soft_v
+        q = torch.stack([member_forward(agent.critic, i, b.obs, b.act) for i in range(2)]).double()
+        return ((q - target) ** 2).mean(1).sum()
+
+    torch.manual_seed(11)
+    loss, _ = agent.critic_loss(batch, batch.obs, batch.next_obs)
+    torch.manual_seed(11)
+    assert loss.item() == pytest.approx(manual_loss(batch).item(), rel=1e-4)
+
+    # truncation flags do not enter the target; termination flags do
+    no_trunc = Batch(batch.obs, batch.act, batch.rew, batch.next_obs, batch.terminal, torch.zeros(len(batch)))
+    torch.manual_seed(11)
+    assert agent.critic_loss(no_trunc, batch.obs, batch.next_obs)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+    no_term = Batch(batch.obs, batch.act, batch.rew, batch.next_obs, torch.zeros(len(batch)), batch.truncated)
+    torch.manual_seed(11)
+    assert agent.critic_loss(no_term, batch.obs, batch.next_obs)[0].item() != pytest.approx(loss.item(), rel=1e-3)
+
+
+def test_sac_update_with_fixed_alpha_keeps_alpha_and_moves_only_its_nets():
+    torch.manual_seed(0)
+    agent = SAC(SACConfig(hidden=[8, 8], auto_alpha=False, init_alpha=0.05), SPEC, CPU)
+    before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, torch.Tensor)}
+    agent.update(make_batch(16))
+    after = agent.state_dict()
+    assert agent.alpha.item() == pytest.approx(0.05)
+    assert torch.equal(after["log_alpha"], before["log_alpha"])
+    assert not torch.equal(after["critic.head.weight"], before["critic.head.weight"])
+    assert not torch.equal(after["actor.trunk.0.weight"], before["actor.trunk.0.weight"])
+    # target = (1 - tau) target + tau * updated critic (targets started equal to the critic)
+    expected = 0.995 * before["critic_target.head.weight"] + 0.005 * after["critic.head.weight"]
+    assert torch.allclose(after["critic_target.head.weight"], expected, atol=1e-7)
+
+
+# --- networks ---------------------------------------------------------------------------------
+def test_soft_update_is_polyak_average():
+    torch.manual_seed(0)
+    target, source = CriticEnsemble(4, 3, 3, [5]), CriticEnsemble(4, 3, 3, [5])
+    expected = [0.9 * t.detach().clone() + 0.1 * s.detach() for t, s in zip(target.parameters(),
+                                                                        source.parameters(), strict=True)]
+    source_before = [s.detach().clone() for s in source.parameters()]
+    soft_update(target, source, 0.1)
+    for t, e in zip(target.parameters(), expected, strict=True):
+        assert torch.allclose(t, e, atol=1e-6)
+    for s, b in zip(source.parameters(), source_before, strict=True):
+        assert torch.equal(s, b)
+    soft_update(target, source, 1.0)
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        assert torch.allclose(t, s, atol=1e-7)
+
+
+def test_critic_ensemble_equals_per_member_forward():
+    torch.manual_seed(0)
+    critic = CriticEnsemble(4, 3, num_critics=5, hidden=[7, 6])
+    obs, act = torch.randn(9, 4), torch.randn(9, 3)
+    q = critic(obs, act)
+    assert q.shape == (5, 9)
+    for i in range(5):
+        assert torch.allclose(q[i], member_forward(critic, i, obs, act), atol=1e-6)
+    # per-critic inputs [N, B, *]: member i sees only its own slice
+    obs_n, act_n = torch.randn(5, 9, 4), torch.randn(5, 9, 3)
+    q_n = critic(obs_n, act_n)
+    for i in range(5):
+        assert torch.allclose(q_n[i], member_forward(critic, i, obs_n[i], act_n[i]), atol=1e-6)
+    # members are independent networks, not copies
+    assert not torch.allclose(q[0], q[1])
+
+
+def test_tanh_gaussian_log_prob_consistency():
+    torch.manual_seed(0)
+    actor = TanhGaussianActor(4, 3, SPEC.act_scale, SPEC.act_bias, hidden=[16, 16])
+    obs = torch.randn(256, 4)
+    act, log_prob = actor(obs)
+    assert log_prob.shape == (256,)
+    assert torch.allclose(actor.log_prob(obs, act), log_prob, atol=1e-4)
+    assert torch.allclose(log_prob.double(), reference_log_prob(actor, obs, act), atol=1e-4)
+    det_act, det_log_prob = actor(obs, deterministic=True)
+    assert torch.allclose(det_act, torch.tanh(actor.distribution(obs).mean) * SPEC.act_scale + SPEC.act_bias)
+    assert torch.allclose(actor.log_prob(obs, det_act), det_log_prob, atol=1e-4)
+
+
+def test_actions_stay_within_asymmetric_bounds():
+    torch.manual_seed(0)
+    obs = torch.cat([torch.randn(200, 4), 1e3 * torch.randn(200, 4)])  # large inputs saturate tanh
+    gaussian = TanhGaussianActor(4, 3, SPEC.act_scale, SPEC.act_bias, hidden=[16, 16])
+    deterministic = DeterministicActor(4, 3, SPEC.act_scale, SPEC.act_bias, hidden=[16, 16])
+    td3 = TD3(TD3Config(hidden=[8, 8], exploration_noise=2.0), SPEC, CPU)  # noise far beyond the bounds
+    sac = SAC(SACConfig(hidden=[8, 8]), SPEC, CPU)
+    candidates = {
+        "gaussian": gaussian(obs)[0], "gaussian-det": gaussian(obs, deterministic=True)[0],
+        "deterministic": deterministic(obs), "td3": td3.act(obs), "td3-det": td3.act(obs, deterministic=True),
+        "sac": sac.act(obs), "random": td3.random_action(400),
+    }
+    for name, a in candidates.items():
+        assert a.shape == (400, 3), name
+        assert torch.all(a >= LOW) and torch.all(a <= HIGH), name
+    # the whole range is used: the bounds are where the env puts them, not [-1, 1]
+    assert torch.all(candidates["random"].min(0).values < LOW + 0.1)
+    assert torch.all(candidates["random"].max(0).values > HIGH - 0.1)
+    assert torch.all(candidates["td3"].max(0).values > HIGH - 0.1)

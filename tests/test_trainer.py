@@ -1,0 +1,194 @@
+"""The trainer's checkpoints: a run killed after any checkpoint and started again in the same
+directory ends exactly where the uninterrupted run ends (parameters, optimizer state, logs,
+online buffer); and the CLI's run-directory rules (config mismatch, resume=false, summary).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+
+from agents.core.agent import EnvSpec
+from agents.core.config import TrainerConfig
+from agents.core.entry import offline_store
+from agents.core.envs import box_bounds
+from agents.core.trainer import Trainer, seed_everything
+from agents.td3bc import TD3BC, TD3BCConfig
+from conftest import agent_cmd, run_cli
+from worldmodels.data.minari_io import load_offline_dataset
+
+CPU = torch.device("cpu")
+EPISODE = 25  # short HalfCheetah episodes: evaluation is cheap and the online phase crosses resets
+LOGS = ("train.csv", "eval.csv", "episodes.csv")
+REQUIRED_SUMMARY = ("agent", "dataset_id", "seed", "offline_score", "online_score", "offline_return",
+                    "online_return", "updates", "env_steps", "seconds")
+
+
+def short_env() -> gym.Env:
+    return gym.make("HalfCheetah-v5", max_episode_steps=EPISODE)
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_dataset_id):
+    return load_offline_dataset(tiny_dataset_id)
+
+
+def make_trainer(run_dir: Path, dataset, init_seed: int = 0) -> Trainer:
+    env = short_env()
+    low, high = box_bounds(env)
+    spec = EnvSpec(env.observation_space.shape[0], env.action_space.shape[0], low, high)
+    env.close()
+    seed_everything(init_seed)  # a resumed run starts from other weights: the checkpoint must overwrite them
+    agent = TD3BC(TD3BCConfig(hidden=[32, 32]), spec, CPU)
+    cfg = TrainerConfig(offline_updates=40, online_steps=40, checkpoint_every=20, eval_every=40, eval_episodes=1,
+                        log_every=10, batch_size=64, progress=False)
+    return Trainer(agent, cfg, short_env, offline_store(dataset, CPU), run_dir, seed=0,
+                   ref_scores=(dataset.ref_min_score, dataset.ref_max_score), tensorboard=False)
+
+
+def assert_same_state(a, b, path: str = "agent") -> None:
+    """Bitwise equality of nested state (tensors, dicts, lists, plain values)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, dataset):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    trainer = make_trainer(run_dir, dataset)
+    summary = trainer.run()
+    return trainer, summary
+
+
+def assert_matches_uninterrupted(resumed: Trainer, summary: dict, uninterrupted) -> None:
+    ref, ref_summary = uninterrupted
+    assert_same_state(ref.agent.state_dict(), resumed.agent.state_dict())
+    assert (resumed.online.size, resumed.online.cursor) == (ref.online.size, ref.online.cursor) == (40, 0)
+    for name, value in ref.online.valid().items():
+        assert torch.equal(resumed.online.valid()[name], value), name
+    for name in LOGS:
+        assert (resumed.run_dir / name).read_text() == (ref.run_dir / name).read_text(), name
+    drop = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731 - wall clock
+    assert drop(summary) == drop(ref_summary)
+    assert summary["updates"] == 80 and summary["env_steps"] == 40
+
+
+def test_uninterrupted_run_logs(uninterrupted):
+    trainer, summary = uninterrupted
+    assert [float(r["step"]) for r in read_rows(trainer.run_dir / "eval.csv")] == [40, 80]
+    assert [float(r["step"]) for r in read_rows(trainer.run_dir / "train.csv")] == [10, 20, 30, 40, 50, 60, 70, 80]
+    episodes = read_rows(trainer.run_dir / "episodes.csv")
+    assert [float(r["length"]) for r in episodes] == [EPISODE]  # one time-limit cut in 40 online steps
+    assert float(episodes[0]["env_steps"]) == EPISODE
+    # the online buffer keeps truncation and termination apart: HalfCheetah only truncates
+    data = trainer.online.valid()
+    assert data["terminal"].sum() == 0
+    assert data["truncated"].nonzero().flatten().tolist() == [EPISODE - 1]
+    assert summary["offline_score"] is not None and summary["online_score"] is not None
+
+
+@pytest.mark.parametrize(("stop_after", "offline_updates", "env_steps"),
+                         [(2, 40, 0),    # killed at the end of the offline phase
+                          (3, 40, 20)])  # killed mid-episode in the online phase
+def test_kill_and_resume_is_exact(tmp_path, dataset, uninterrupted, stop_after, offline_updates, env_steps):
+    first = make_trainer(tmp_path, dataset)
+    first.stop_after = stop_after
+    assert first.run() == {}  # stopped, as if killed right after its checkpoint
+    assert not (tmp_path / "summary.json").exists()
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert (ckpt["trainer"]["offline_updates"], ckpt["trainer"]["env_steps"]) == (offline_updates, env_steps)
+    # a real kill may land after rows were written past the checkpoint: they must not survive
+    for name in ("train.csv", "eval.csv"):
+        with (tmp_path / name).open("a") as f:
+            f.write("999,9,9,9,9,9,9,9\n")
+
+    resumed = make_trainer(tmp_path, dataset, init_seed=123)
+    summary = resumed.run()
+    assert_matches_uninterrupted(resumed, summary, uninterrupted)
+
+
+def test_finished_run_is_not_rerun(tmp_path, dataset, uninterrupted):
+    ref, ref_summary = uninterrupted
+    run_dir = tmp_path / "copy"
+    shutil.copytree(ref.run_dir, run_dir)
+    again = make_trainer(run_dir, dataset, init_seed=5)
+    summary = again.run()
+    assert summary["updates"] == ref_summary["updates"] and summary["online_return"] == ref_summary["online_return"]
+    assert again.agent.num_updates == 80
+    for name in LOGS:
+        assert (run_dir / name).read_text() == (ref.run_dir / name).read_text(), name
+
+
+# --- the CLI's run-directory rules (uses the background runs started in conftest) ---------------
+def finished_cli_run(agent_runs, name: str, dest: Path) -> Path:
+    result = agent_runs[name].result()
+    assert result.returncode == 0, result.describe()
+    shutil.copytree(result.run_dir, dest)
+    return dest
+
+
+def test_cli_resume_with_another_config_is_refused(agent_runs, tiny_dataset_id, tmp_path):
+    run_dir = finished_cli_run(agent_runs, "td3bc", tmp_path / "run")
+    before = {name: (run_dir / name).read_bytes() for name in ("summary.json", "checkpoint.pt", "eval.csv")}
+    # device is one of the keys that may change between a run and its resumption
+    result = run_cli(agent_cmd("td3bc", run_dir, tiny_dataset_id, device="cpu",
+                               **{"trainer.batch_size": "128"}), run_dir)
+    assert result.returncode == 2, result.describe()
+    message = result.stderr.strip().splitlines()[-1]
+    assert "trainer.batch_size" in message and "resume=false" in message, message
+    assert "device" not in message.split("differs in:")[1].split(")")[0], message
+    assert "Traceback" not in result.stderr
+    for name, content in before.items():
+        assert (run_dir / name).read_bytes() == content, f"{name} changed by a refused run"
+
+
+def test_cli_resume_false_starts_over(agent_runs, tiny_dataset_id, tmp_path):
+    run_dir = finished_cli_run(agent_runs, "td3bc", tmp_path / "run")
+    budget = {"trainer.offline_updates": "20", "trainer.online_steps": "20", "trainer.eval_every": "20",
+              "trainer.checkpoint_every": "20"}
+    result = run_cli(agent_cmd("td3bc", run_dir, tiny_dataset_id, resume="false", **budget), run_dir)
+    assert result.returncode == 0, result.describe()
+    summary = result.summary
+    assert (summary["updates"], summary["env_steps"]) == (40, 20)
+    # only the new run's rows: nothing kept or appended from the finished run
+    assert [float(r["step"]) for r in read_rows(run_dir / "eval.csv")] == [20, 40]
+    assert [float(r["step"]) for r in read_rows(run_dir / "train.csv")] == [20, 40]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["trainer"]["offline_updates"] == 20 and ckpt["trainer"]["done"]
+
+
+def test_summary_has_required_keys(agent_runs, tiny_dataset_id):
+    refs = load_offline_dataset(tiny_dataset_id)
+    for name in ("td3bc", "sac"):
+        result = agent_runs[name].result()
+        assert result.returncode == 0, result.describe()
+        summary = result.summary
+        assert set(REQUIRED_SUMMARY) <= set(summary), (name, sorted(summary))
+        assert summary["agent"] == name and summary["dataset_id"] == tiny_dataset_id and summary["seed"] == 0
+        assert summary["online_score"] == pytest.approx(
+            100 * (summary["online_return"] - refs.ref_min_score) / (refs.ref_max_score - refs.ref_min_score))
+        assert isinstance(summary["seconds"], float | int) and summary["seconds"] >= 0
+    td3bc, sac = agent_runs["td3bc"].result().summary, agent_runs["sac"].result().summary
+    assert isinstance(td3bc["offline_score"], float) and isinstance(td3bc["offline_return"], float)
+    # online-only SAC never evaluates an offline phase
+    assert sac["offline_score"] is None and sac["offline_return"] is None

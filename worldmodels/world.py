@@ -1,0 +1,163 @@
+"""The world model as the trainer sees it: which batches an agent learns from.
+
+Every agent's batches come from `world.sampler(real)`. The null world model (the default of
+every agent; `world_model=none`, or horizon 0, or real share 1) returns `real` unchanged and
+never fits or rolls out, so a model-free agent is exactly the zero-rollout case. The ensemble
+world model fits a DynamicsEnsemble on real data, runs penalized branched rollouts every
+`rollout.every` updates into a model store that keeps the last `keep_rounds` rounds, and mixes
+`real_ratio` real with `1 - real_ratio` imagined transitions in every batch. This is the one
+place where the real/imagined share is decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from worldmodels.data.samplers import MixtureSampler, Sampler, UniformSampler
+from worldmodels.data.store import TransitionStore
+from worldmodels.dynamics import DynamicsEnsemble, FitReport
+from worldmodels.rollout import RolloutConfig, RolloutResult, rollout
+from worldmodels.termination import termination_fn_for
+from worldmodels.uncertainty import make_uncertainty
+
+
+@dataclass
+class WorldModelConfig:
+    kind: str = "none"  # none | ensemble
+    ensemble_size: int = 7  # MOPO (Yu et al. 2020) / MBPO
+    num_elites: int = 5  # MOPO / MBPO
+    hidden: list[int] = field(default_factory=lambda: [200, 200, 200, 200])  # MOPO / MBPO: 4 x 200
+    lr: float = 1e-3  # MOPO / OfflineRL-Kit
+    uncertainty: str = "aleatoric"  # MOPO's max aleatoric std; see worldmodels/uncertainty.py for the others
+    uncertainty_members: str = "all"  # all | elites: members the estimator reads (MOPO reference: all)
+    termination: str = "auto"  # auto: the env's known rule, else a learned head | learned | none
+    propagation: str = "random_elite"  # random_elite (MBPO/MOPO) | mean
+    fit_max_epochs: int | None = None  # None = early stopping only (MOPO)
+    fit_max_seconds: float | None = None  # wall-clock cap per fit (None = none)
+    refit_every: int = 0  # online env steps between refits on offline + online data (0 = never)
+    load_path: str | None = None  # a saved DynamicsEnsemble to use instead of fitting offline
+
+
+KINDS = ("none", "ensemble")
+
+
+def is_null(cfg: WorldModelConfig, rollout_cfg: RolloutConfig) -> bool:
+    return cfg.kind == "none" or rollout_cfg.horizon == 0 or rollout_cfg.real_ratio >= 1.0
+
+
+class WorldModel:
+    """Dynamics ensemble + model store + rollout schedule. Build with `make_world_model`."""
+
+    def __init__(self, cfg: WorldModelConfig, rollout_cfg: RolloutConfig, obs_dim: int, act_dim: int,
+                 env_id: str | None, device: torch.device):
+        self.cfg, self.rollout_cfg, self.device = cfg, rollout_cfg, device
+        self.null = is_null(cfg, rollout_cfg)
+        self.model: DynamicsEnsemble | None = None
+        self.store: TransitionStore | None = None
+        self.fitted = False
+        self.rounds = 0
+        self.last_rollout: RolloutResult | None = None
+        self.last_fit: FitReport | None = None
+        if self.null:
+            return
+        rule = termination_fn_for(env_id) if (env_id and cfg.termination == "auto") else None
+        if cfg.load_path:
+            self.model = DynamicsEnsemble.load(cfg.load_path, device)
+            self.fitted = True
+        else:
+            self.model = DynamicsEnsemble(
+                obs_dim, act_dim, cfg.ensemble_size, cfg.num_elites, cfg.hidden, cfg.lr,
+                termination_fn=rule, learn_termination=rule is None and cfg.termination != "none", device=device,
+            )
+        self.uncertainty = make_uncertainty(cfg.uncertainty, self.model, members=cfg.uncertainty_members)
+        r = rollout_cfg
+        self.store = TransitionStore(r.num_starts * r.horizon * r.keep_rounds, obs_dim, act_dim, device)
+
+    # --- what the agent trains on --------------------------------------------------
+    def sampler(self, real: Sampler) -> Sampler:
+        if self.null:
+            return real
+        share = self.rollout_cfg.real_ratio
+        return MixtureSampler({"real": real, "model": UniformSampler(self.store)},
+                              {"real": share, "model": 1.0 - share})
+
+    # --- fitting and rolling out -------------------------------------------------------
+    def fit(self, data: dict[str, Tensor], weights: Tensor | None = None) -> FitReport | None:
+        if self.null:
+            return None
+        if weights is not None:
+            data = data | {"weights": weights}
+        self.last_fit = self.model.fit(data, max_epochs=self.cfg.fit_max_epochs, max_seconds=self.cfg.fit_max_seconds)
+        self.fitted = True
+        return self.last_fit
+
+    def due(self, updates: int) -> bool:
+        """A rollout round is due before update number `updates` (and always before the first)."""
+        return not self.null and (len(self.store) == 0 or updates % self.rollout_cfg.every == 0)
+
+    def generate(self, policy: Callable[[Tensor], Tensor], starts: Sampler) -> RolloutResult | None:
+        """One rollout round from num_starts states drawn from `starts`, appended to the model store."""
+        if self.null:
+            return None
+        r = self.rollout_cfg
+        results = []
+        for begin in range(0, r.num_starts, r.chunk):
+            n = min(r.chunk, r.num_starts - begin)
+            obs = starts.sample(n).obs
+            results.append(rollout(self.model, policy, obs, r.horizon, self.uncertainty, r.penalty_coef,
+                                   propagation=self.cfg.propagation))
+        for res in results:
+            if res.transitions:
+                self.store.add(**res.transitions)
+        self.rounds += 1
+        self.last_rollout = RolloutResult(
+            {}, sum(x.mean_penalty for x in results) / len(results),
+            sum(x.mean_raw_reward for x in results) / len(results),
+            sum(x.mean_length for x in results) / len(results),
+        )
+        return self.last_rollout
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.last_fit is not None:
+            out["model/holdout_mse"] = min(self.last_fit.holdout_mse[i] for i in self.last_fit.elite_indices)
+        if self.last_rollout is not None:
+            out["model/penalty_mean"] = self.last_rollout.mean_penalty
+            out["model/rollout_length"] = self.last_rollout.mean_length
+            out["model/raw_reward_mean"] = self.last_rollout.mean_raw_reward
+        return out
+
+    # --- checkpointing --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        if self.null:
+            return {}
+        return {"model": self.model.state_dict(), "optimizer": self.model.optimizer.state_dict(),
+                "store": self.store.state_dict(), "fitted": self.fitted, "rounds": self.rounds,
+                "metrics": self.metrics()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.null or not state:
+            return
+        self.model.load_state_dict(state["model"])
+        self.model.optimizer.load_state_dict(state["optimizer"])
+        self.store.load_state_dict(state["store"])
+        self.fitted, self.rounds = state["fitted"], state["rounds"]
+        self._restored_metrics = state.get("metrics", {})
+
+
+def make_world_model(cfg: WorldModelConfig, rollout_cfg: RolloutConfig, obs_dim: int, act_dim: int,
+                     env_id: str | None, device: torch.device) -> WorldModel:
+    if cfg.kind not in KINDS:
+        raise ValueError(f"world_model.kind={cfg.kind!r} is unknown; choose one of {', '.join(KINDS)}.")
+    return WorldModel(cfg, rollout_cfg, obs_dim, act_dim, env_id, device)
+
+
+def store_fit_data(*stores: TransitionStore) -> dict[str, Tensor]:
+    """The fields a dynamics fit reads, concatenated over stores (valid rows only)."""
+    keys = ("obs", "act", "rew", "next_obs", "terminal")
+    parts = [s.valid() for s in stores if s is not None and len(s) > 0]
+    return {k: torch.cat([p[k] for p in parts]) for k in keys}
