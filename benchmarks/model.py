@@ -3,8 +3,8 @@
     uv run python benchmarks/model.py --seconds 10 [--device auto]
 
 Prints one JSON line. Setting: 7 members, 4 x 200 SiLU, HalfCheetah-like dims (obs 17, act 6).
-train_steps_per_second: full gradient steps of DynamicsEnsemble.train_step (bootstrap gather of 256 transitions
-per member, NLL, bound loss, per-layer weight decay, Adam), exactly what fit() runs per batch.
+train_steps_per_second: full gradient steps of DynamicsEnsemble.train_step (bootstrap gather of 256
+transitions per member, NLL, bound loss, per-layer weight decay, Adam), exactly what fit() runs per batch.
 rollout_states_per_second: DynamicsEnsemble.step on 50,000 states (all 7 members forward, random-elite sample,
 no termination rule). rollout_with_penalty_states_per_second: the same step also returning the MOPO aleatoric
 penalty from the same forward pass.
@@ -66,8 +66,9 @@ def run(seconds: float, device: torch.device) -> dict:
 
     train = _rate(train_once, seconds, device)
     rollout = _rate(lambda: model.step(obs, act, generator=gen), seconds, device, ROLLOUT_STATES)
-    rollout_pen = _rate(lambda: model.step(obs, act, generator=gen, uncertainty=penalty), seconds, device,
-                        ROLLOUT_STATES)
+    rollout_pen = _rate(
+        lambda: model.step(obs, act, generator=gen, uncertainty=penalty), seconds, device, ROLLOUT_STATES
+    )
     return {
         "train_steps_per_second": round(train, 1),
         "rollout_states_per_second": round(rollout),
@@ -81,8 +82,12 @@ def run(seconds: float, device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement (there are three)")
-    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="seconds per measurement (there are three)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."
+    )
     args = parser.parse_args(argv)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

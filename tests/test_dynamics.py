@@ -21,7 +21,6 @@ from worldmodels.uncertainty import (
     AleatoricMax,
     Disagreement,
     EnsembleStd,
-    QEnsembleStd,
     TotalVariance,
     make_uncertainty,
 )
@@ -36,7 +35,8 @@ SIGMA_R = 0.1
 
 @pytest.fixture(scope="module", autouse=True)
 def _single_thread():
-    # Small matmuls gain nothing from a second thread, and OpenMP spin-waits badly when the other core is busy.
+    # Small matmuls gain nothing from a second thread, and OpenMP spin-waits badly when the other core is
+    # busy (the whole file runs about 10x faster on a loaded 2-core machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -102,7 +102,10 @@ def test_probabilistic_ensemble_broadcast_bounds_and_losses():
     _, logvar = net(x)
     assert bool((logvar >= net.min_logvar - 1e-3).all())
     torch.testing.assert_close(net.bound_loss(), 0.01 * (0.5 - -10.0) * 5 * 3 * torch.ones(()))
-    expected = sum(0.5 * wd * layer.weight.square().sum() for wd, layer in zip((1e-3, 2e-3, 3e-3), net.layers))
+    expected = sum(
+        0.5 * wd * layer.weight.square().sum()
+        for wd, layer in zip((1e-3, 2e-3, 3e-3), net.layers, strict=True)
+    )
     torch.testing.assert_close(net.weight_decay_loss(), expected)
 
 
@@ -225,8 +228,9 @@ def test_fit_validates_data():
 def _constant_model(member_means: torch.Tensor, elites: list[int]) -> DynamicsEnsemble:
     """Members predict constant (delta obs, reward) = member_means[e] with negligible variance."""
     e = member_means.shape[0]
-    model = DynamicsEnsemble(OBS_DIM, ACT_DIM, ensemble_size=e, num_elites=len(elites), hidden=(8,),
-                             weight_decays=(0.0, 0.0))
+    model = DynamicsEnsemble(
+        OBS_DIM, ACT_DIM, ensemble_size=e, num_elites=len(elites), hidden=(8,), weight_decays=(0.0, 0.0)
+    )
     last = model.net.layers[-1]
     with torch.no_grad():
         last.weight.zero_()
@@ -382,7 +386,9 @@ def test_estimator_formulas_on_given_prediction():
     expected_aleatoric = torch.stack([var[e].sqrt().norm(dim=-1) for e in range(5)]).max(0).values
     torch.testing.assert_close(AleatoricMax(model).from_prediction(mean, var), expected_aleatoric)
     obs_mean = mean[..., :3]
-    expected_dis = torch.stack([(obs_mean[e] - obs_mean.mean(0)).norm(dim=-1) for e in range(5)]).max(0).values
+    expected_dis = (
+        torch.stack([(obs_mean[e] - obs_mean.mean(0)).norm(dim=-1) for e in range(5)]).max(0).values
+    )
     torch.testing.assert_close(Disagreement(model).from_prediction(mean, var), expected_dis)
     expected_std = obs_mean.var(0, unbiased=False).mean(-1).sqrt()
     torch.testing.assert_close(EnsembleStd(model).from_prediction(mean, var), expected_std)

@@ -1,11 +1,11 @@
 """DynamicsEnsemble: a probabilistic ensemble world model with normalization, holdout/elites and sampling.
 
-Targets are (next_obs - obs, reward), built from the stored ``next_obs`` only (never from obs[t + 1], which would
-cross episode ends at time-limit truncations). Inputs and targets are standardized with training-data statistics
-(stored as buffers); ``predict`` and ``step`` work in the original (denormalized) units.
+Targets are (next_obs - obs, reward), built from the stored ``next_obs`` only (never from obs[t + 1], which
+would cross episode ends at time-limit truncations). Inputs and targets are standardized with training-data
+statistics (stored as buffers); ``predict`` and ``step`` work in the original (denormalized) units.
 
-Defaults follow MOPO (Yu et al. 2020) as implemented in OfflineRL-Kit: 7 members, 5 elites, 4x200 SiLU, Adam 1e-3,
-batch 256, holdout min(20%, 1000), improvement threshold 1% relative, patience 5.
+Defaults follow MOPO (Yu et al. 2020) as implemented in OfflineRL-Kit: 7 members, 5 elites, 4x200 SiLU, Adam
+1e-3, batch 256, holdout min(20%, 1000), improvement threshold 1% relative, patience 5.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class FitReport:
 class StepResult:
     """One imagined transition per start state.
 
-    next_obs [B, obs_dim]; rew [B]; terminal [B] bool; info: "member" [B] long (the member sampled from, -1 for
-    propagation="mean") and, when an uncertainty estimator is passed to ``step``, "uncertainty" [B].
+    next_obs [B, obs_dim]; rew [B]; terminal [B] bool; info: "member" [B] long (the member sampled from, -1
+    for propagation="mean") and, when an uncertainty estimator is passed to ``step``, "uncertainty" [B].
     """
 
     next_obs: Tensor
@@ -84,9 +84,10 @@ class DynamicsEnsemble(nn.Module):
         lr: Adam learning rate (1e-3, MOPO / OfflineRL-Kit).
         weight_decays: per-layer L2 coefficients (MBPO / OfflineRL-Kit).
         termination_fn: a rule ``fn(obs, act, next_obs) -> bool [B]`` or a gymnasium/Minari id resolved with
-            ``termination_fn_for`` (an id is saved with the model; a custom callable must be passed again to load).
-        learn_termination: train a separate MLP classifier on (obs, act, next_obs) with BCE in ``fit`` and use it
-            when no rule is given. Without either, imagined transitions never terminate.
+            ``termination_fn_for`` (an id is saved with the model; a custom callable must be passed again
+            to ``load``).
+        learn_termination: train a separate MLP classifier on (obs, act, next_obs) with BCE in ``fit`` and
+            use it when no rule is given. Without either, imagined transitions never terminate.
         device: where every tensor lives.
     """
 
@@ -147,7 +148,7 @@ class DynamicsEnsemble(nn.Module):
         self.termination_head: nn.Module | None = None
         self.termination_optimizer: torch.optim.Optimizer | None = None
         if self.learn_termination:
-            # A small classifier on normalized (obs, act, next_obs); no paper default, sized like a policy MLP.
+            # Classifier on normalized (obs, act, next_obs); no paper default, sized like a policy MLP.
             self.termination_head = nn.Sequential(
                 nn.Linear(2 * self.obs_dim + self.act_dim, 200),
                 nn.SiLU(),
@@ -214,10 +215,12 @@ class DynamicsEnsemble(nn.Module):
     ) -> StepResult:
         """Imagine one transition per row of obs [B, obs_dim], act [B, act_dim].
 
-        propagation: "random_elite" draws a member uniformly among the elites for each sample and samples from its
-        Gaussian (MBPO / MOPO); "mean" returns the mean over elites of the members' means (deterministic).
-        uncertainty: optional estimator with ``from_prediction(mean, var) -> [B]`` (see ``worldmodels.uncertainty``),
-        evaluated on this step's forward pass and returned as info["uncertainty"].
+        propagation: "random_elite" draws a member uniformly among the elites for each sample and samples
+            from its Gaussian (MBPO / MOPO); "mean" returns the mean over elites of the members' means
+            (deterministic).
+        uncertainty: optional estimator with ``from_prediction(mean, var) -> [B]`` (see
+            ``worldmodels.uncertainty``), evaluated on this step's forward pass, returned as
+            info["uncertainty"].
         The generator, if given, must live on the model's device.
         """
         mean, var = self.predict(obs, act)  # [E, B, D]
@@ -244,7 +247,7 @@ class DynamicsEnsemble(nn.Module):
     # ------------------------------------------------------------------ training
 
     def train_step(self, x: Tensor, y: Tensor) -> Tensor:
-        """One Adam step on normalized inputs x [E, b, in] and targets y [E, b, D]; returns the loss (no sync).
+        """One Adam step on normalized x [E, b, in] and targets y [E, b, D]; returns the loss (no sync).
 
         Loss as in PETS / MBPO / OfflineRL-Kit: Gaussian NLL (mean over batch and dims, summed over members)
         + bound loss; the per-layer weight decay enters through Adam's L2 term (see optimizer_param_groups).
@@ -279,7 +282,9 @@ class DynamicsEnsemble(nn.Module):
     def _check_data(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         missing = [k for k in ("obs", "act", "rew", "next_obs", "terminal") if k not in data]
         if missing:
-            raise KeyError(f"fit data is missing {missing}; expected obs, act, rew, next_obs, terminal[, weights]")
+            raise KeyError(
+                f"fit data is missing {missing}; expected obs, act, rew, next_obs, terminal[, weights]"
+            )
         out = {k: torch.as_tensor(v).to(self.device, torch.float32) for k, v in data.items()}
         n = out["obs"].shape[0]
         expected = {
@@ -316,19 +321,22 @@ class DynamicsEnsemble(nn.Module):
         """Fit all members on ``data`` (warm-started from the current weights, normalizer refitted, as MBPO).
 
         data: obs [N, obs_dim], act [N, act_dim], rew [N], next_obs [N, obs_dim], terminal [N] and optionally
-        weights [N] (priorities: each member's bootstrap is drawn proportionally to them, as MOORe retrains its
-        model by prioritized sampling; the holdout MSE is then weighted the same way).
-        Holdout min(holdout_ratio * N, max_holdout) (MOPO / MBPO); a member improves when its holdout MSE drops by
-        more than ``improvement_threshold`` relative; training stops after ``patience`` epochs without any member
-        improving, or at max_epochs / max_seconds. Each member ends at its best snapshot; elites are the
-        ``num_elites`` lowest holdout MSEs. The generator, if given, must live on the model's device.
+        weights [N] (priorities: each member's bootstrap is drawn proportionally to them, as MOORe retrains
+        its model by prioritized sampling; the holdout MSE is then weighted the same way).
+        Holdout min(holdout_ratio * N, max_holdout) (MOPO / MBPO); a member improves when its holdout MSE
+        drops by more than ``improvement_threshold`` relative; training stops after ``patience`` epochs
+        without any member improving, or at max_epochs / max_seconds. Each member ends at its best snapshot;
+        elites are the ``num_elites`` lowest holdout MSEs. The generator, if given, must live on the model's
+        device.
         """
         start = time.perf_counter()
         d = self._check_data(data)
         n = d["obs"].shape[0]
         n_hold = min(int(n * holdout_ratio), max_holdout)
         if n_hold < 1 or n - n_hold < 1:
-            raise ValueError(f"need at least one training and one holdout transition; got N={n}, holdout={n_hold}")
+            raise ValueError(
+                f"need at least one training and one holdout transition; got N={n}, holdout={n_hold}"
+            )
         perm = torch.randperm(n, generator=generator, device=self.device)
         hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
 
@@ -341,7 +349,9 @@ class DynamicsEnsemble(nn.Module):
             ):
                 std, mean = torch.std_mean(values, dim=0, correction=0)
                 buf_mean.copy_(mean)
-                buf_std.copy_(torch.where(std < 1e-8, torch.ones_like(std), std))  # constant dims left unscaled
+                buf_std.copy_(
+                    torch.where(std < 1e-8, torch.ones_like(std), std)
+                )  # constant dims left unscaled
         x_all = (inputs - self.in_mean) / self.in_std
         y_all = (targets - self.target_mean) / self.target_std
         x_train, y_train = x_all[train_idx], y_all[train_idx]  # [n, in], [n, D]
@@ -369,7 +379,9 @@ class DynamicsEnsemble(nn.Module):
             if max_epochs is not None and epochs >= max_epochs:
                 stopped_by = "max_epochs"
                 break
-            if epochs > 0:  # reshuffle each member's bootstrap sample between epochs (as MBPO / OfflineRL-Kit)
+            if (
+                epochs > 0
+            ):  # reshuffle each member's bootstrap sample between epochs (as MBPO / OfflineRL-Kit)
                 order = torch.rand(boot.shape, generator=generator, device=self.device).argsort(dim=1)
                 boot = boot.gather(1, order)
             out_of_time = False
@@ -473,11 +485,15 @@ class DynamicsEnsemble(nn.Module):
         """
         payload = torch.load(path, map_location=device, weights_only=True)
         if payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a DynamicsEnsemble checkpoint (format {payload.get('format')!r})")
+            raise ValueError(
+                f"{path} is not a DynamicsEnsemble checkpoint (format {payload.get('format')!r})"
+            )
         config = dict(payload["config"])
         termination = config.pop("termination")
         if termination == "custom" and termination_fn is None:
-            raise ValueError(f"{path} was saved with a custom termination_fn; pass it to load(termination_fn=...)")
+            raise ValueError(
+                f"{path} was saved with a custom termination_fn; pass it to load(termination_fn=...)"
+            )
         rule = termination_fn if termination_fn is not None else termination
         model = cls(**config, termination_fn=rule, device=device)
         model.load_state_dict(payload["state"])

@@ -18,8 +18,8 @@ class EnsembleLinear(nn.Module):
     """``E`` independent affine maps applied in one batched matmul.
 
     weight: [E, in, out], bias: [E, 1, out]; ``forward`` maps x [E, B, in] -> [E, B, out].
-    ``weight_decay`` is the coefficient of the L2 term ``0.5 * wd * ||W||^2`` (bias not decayed), the form used by
-    MBPO (Janner et al. 2019, ``tf.nn.l2_loss``) and OfflineRL-Kit's MOPO.
+    ``weight_decay`` is the coefficient of the L2 term ``0.5 * wd * ||W||^2`` (bias not decayed), the form
+    used by MBPO (Janner et al. 2019, ``tf.nn.l2_loss``) and OfflineRL-Kit's MOPO.
     """
 
     def __init__(
@@ -37,7 +37,9 @@ class EnsembleLinear(nn.Module):
         self.ensemble_size = ensemble_size
         self.weight_decay = float(weight_decay)
         kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features, **kw))  # [E, in, out]
+        self.weight = nn.Parameter(
+            torch.empty(ensemble_size, in_features, out_features, **kw)
+        )  # [E, in, out]
         self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_features, **kw))  # [E, 1, out]
         self.reset_parameters()
 
@@ -78,8 +80,8 @@ class ProbabilisticEnsemble(nn.Module):
 
     Input: x [B, in] (shared by all members) or [E, B, in]. Output: (mean, logvar), each [E, B, out_dim].
 
-    The learned bounds are per member ([E, 1, out_dim]; PETS shares one bound vector across members): per-member
-    bounds make a member's best snapshot self-contained, which early stopping relies on.
+    The learned bounds are per member ([E, 1, out_dim]; PETS shares one bound vector across members):
+    per-member bounds make a member's best snapshot self-contained, which early stopping relies on.
     """
 
     def __init__(
@@ -109,8 +111,12 @@ class ProbabilisticEnsemble(nn.Module):
         )
         self.activation = activation()
         # Initial bounds 0.5 and -10 as in PETS / MBPO / OfflineRL-Kit.
-        self.max_logvar = nn.Parameter(torch.full((ensemble_size, 1, out_dim), 0.5, device=device))  # [E, 1, D]
-        self.min_logvar = nn.Parameter(torch.full((ensemble_size, 1, out_dim), -10.0, device=device))  # [E, 1, D]
+        self.max_logvar = nn.Parameter(
+            torch.full((ensemble_size, 1, out_dim), 0.5, device=device)
+        )  # [E, 1, D]
+        self.min_logvar = nn.Parameter(
+            torch.full((ensemble_size, 1, out_dim), -10.0, device=device)
+        )  # [E, 1, D]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() == 2:
@@ -135,8 +141,9 @@ class ProbabilisticEnsemble(nn.Module):
     def optimizer_param_groups(self) -> list[dict]:
         """Adam parameter groups whose L2 ``weight_decay`` equals the gradient of ``weight_decay_loss()``.
 
-        Adam's (coupled, non-AdamW) ``weight_decay=wd`` adds ``wd * W`` to the gradient, exactly the gradient of
-        ``0.5 * wd * ||W||^2``; letting the fused optimizer apply it saves a pass over the weights per step.
+        Adam's (coupled, non-AdamW) ``weight_decay=wd`` adds ``wd * W`` to the gradient, exactly the gradient
+        of ``0.5 * wd * ||W||^2``; letting the fused optimizer apply it saves a pass over the weights per
+        step.
         """
         groups = [{"params": [layer.weight], "weight_decay": layer.weight_decay} for layer in self.layers]
         others = [layer.bias for layer in self.layers] + [self.max_logvar, self.min_logvar]

@@ -1,13 +1,13 @@
 """Known termination rules of gymnasium MuJoCo v5 tasks, as batched torch functions.
 
-Every rule has the signature ``fn(obs [B, obs_dim], act [B, act_dim], next_obs [B, obs_dim]) -> Tensor[B] (bool)``
-and reads the *next* observation, as gymnasium checks health after the simulation step. The ranges and
-observation layouts are the gymnasium 1.x ``*_v5.py`` defaults (``exclude_current_positions_from_observation=True``,
-so the leading x (and y) coordinates are not in the observation). Non-default constructor arguments (other healthy
-ranges, ``exclude_current_positions_from_observation=False``) are not covered: use the learned termination head.
+Every rule maps ``(obs [B, obs_dim], act [B, act_dim], next_obs [B, obs_dim]) -> bool [B]`` and reads the
+*next* observation, as gymnasium checks health after the simulation step. Ranges and observation layouts are
+the gymnasium 1.x ``*_v5.py`` defaults (``exclude_current_positions_from_observation=True``, so the leading x
+(and y) coordinates are not in the observation). Non-default constructor arguments (other healthy ranges,
+``exclude_current_positions_from_observation=False``) are not covered: use the learned termination head.
 
-``termination_fn_for(env_id)`` returns the rule for a known task and ``None`` for an unknown one, so that callers fall
-back to the learned termination head of ``DynamicsEnsemble``.
+``termination_fn_for(env_id)`` returns the rule for a known task and ``None`` for an unknown one, so that
+callers fall back to the learned termination head of ``DynamicsEnsemble``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def hopper_v5(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
     """Hopper-v5: healthy iff 0.7 < z, -0.2 < angle < 0.2 and every entry of obs[1:] in (-100, 100).
 
     obs = (qpos[1:] = z, angle, 3 joint angles; clip(qvel, -10, 10)); gymnasium checks the state range on
-    (qpos[2:], unclipped qvel), so a velocity beyond 100 is not visible here (it is clipped in the observation).
-    Open intervals as in ``Hopper.is_healthy``; NaN counts as unhealthy.
+    (qpos[2:], unclipped qvel), so a velocity beyond 100 is not visible here (it is clipped in the
+    observation). Open intervals as in ``Hopper.is_healthy``; NaN counts as unhealthy.
     """
     z, angle, state = next_obs[:, 0], next_obs[:, 1], next_obs[:, 1:]
     healthy = ((state > -100.0) & (state < 100.0)).all(dim=-1)
@@ -70,10 +70,11 @@ def inverted_pendulum_v5(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
 def inverted_double_pendulum_v5(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
     """InvertedDoublePendulum-v5: terminates when the tip height y <= 1.
 
-    obs = (cart x, sin t1, sin t2, cos t1, cos t2, ...) and both poles are 0.6 long with the tip at the end of the
-    second pole (inverted_double_pendulum.xml), so y = 0.6 cos t1 + 0.6 cos(t1 + t2). Gymnasium reads the tip from
-    ``site_xpos``, which MuJoCo computes before the last integration sub-step; this rule uses the observed angles,
-    so it can disagree with the environment on steps that cross y = 1 within that last sub-step.
+    obs = (cart x, sin t1, sin t2, cos t1, cos t2, ...) and both poles are 0.6 long with the tip at the end
+    of the second pole (inverted_double_pendulum.xml), so y = 0.6 cos t1 + 0.6 cos(t1 + t2). Gymnasium reads
+    the tip from ``site_xpos``, which MuJoCo computes before the last integration sub-step; this rule uses
+    the observed angles, so it can disagree with the environment on steps that cross y = 1 within that last
+    sub-step.
     """
     s1, s2, c1, c2 = next_obs[:, 1], next_obs[:, 2], next_obs[:, 3], next_obs[:, 4]
     y = 0.6 * c1 + 0.6 * (c1 * c2 - s1 * s2)

@@ -1,9 +1,10 @@
 """The one uncertainty API: ``u(obs, act) -> Tensor[B]``, larger = less trustworthy.
 
 Dynamics estimators read a ``DynamicsEnsemble``'s per-member Gaussians (mean, var [E, B, obs_dim + 1], in
-denormalized (delta obs, reward) units; the last dim is the reward). ``from_prediction(mean, var)`` computes the
-same number from an existing forward pass, so ``DynamicsEnsemble.step(..., uncertainty=u)`` costs no extra pass.
-``QEnsembleStd`` reads a critic ensemble. ``make_uncertainty(name, model)`` builds any of them by name.
+denormalized (delta obs, reward) units; the last dim is the reward). ``from_prediction(mean, var)`` computes
+the same number from an existing forward pass, so ``DynamicsEnsemble.step(..., uncertainty=u)`` costs no
+extra pass. ``QEnsembleStd`` reads a critic ensemble. ``make_uncertainty(name, model)`` builds any of them by
+name.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class _DynamicsUncertainty:
 class AleatoricMax(_DynamicsUncertainty):
     """MOPO (Yu et al. 2020): max over members of ||predicted std||_2.
 
-    Default: all members and all dims including the reward, as the common reference (OfflineRL-Kit's MOPO) does.
+    Default: all members and all dims including the reward, as the common reference (OfflineRL-Kit's MOPO)
+    does.
     """
 
     name = "aleatoric"
@@ -99,8 +101,8 @@ class EnsembleStd(_DynamicsUncertainty):
 class TotalVariance(_DynamicsUncertainty):
     """Sum over dims of (mean of variances + variance of means): the total variance of the member mixture.
 
-    Default: elites and all dims, because step() samples from the uniform mixture of the elites' Gaussians, and this
-    is exactly that mixture's total predictive variance (aleatoric + epistemic).
+    Default: elites and all dims, because step() samples from the uniform mixture of the elites' Gaussians,
+    and this is exactly that mixture's total predictive variance (aleatoric + epistemic).
     """
 
     name = "total_variance"
@@ -112,7 +114,7 @@ class TotalVariance(_DynamicsUncertainty):
 
 
 class QEnsembleStd:
-    """Std across critics of ``critic(obs, act) -> [N, B]`` (unbiased, as torch.std), e.g. UPQ's beta * std_i Q_i."""
+    """Std across critics of ``critic(obs, act) -> [N, B]`` (unbiased, as torch.std); UPQ's std_i Q_i."""
 
     name = "q_std"
 
@@ -144,5 +146,7 @@ def make_uncertainty(name: str, model, **kwargs) -> Uncertainty:
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown uncertainty {name!r}; valid names: {', '.join(sorted(_REGISTRY))}") from None
+        raise ValueError(
+            f"unknown uncertainty {name!r}; valid names: {', '.join(sorted(_REGISTRY))}"
+        ) from None
     return cls(model, **kwargs)

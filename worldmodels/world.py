@@ -32,6 +32,7 @@ class WorldModelConfig:
     num_elites: int = 5  # MOPO / MBPO
     hidden: list[int] = field(default_factory=lambda: [200, 200, 200, 200])  # MOPO / MBPO: 4 x 200
     lr: float = 1e-3  # MOPO / OfflineRL-Kit
+    weight_decays: list[float] | None = None  # per layer; None = MBPO/MOPO's 2.5e-5 .. 1e-4 spread over the layers
     uncertainty: str = "aleatoric"  # MOPO's max aleatoric std; see worldmodels/uncertainty.py for the others
     uncertainty_members: str = "all"  # all | elites: members the estimator reads (MOPO reference: all)
     termination: str = "auto"  # auto: the env's known rule, else a learned head | learned | none
@@ -43,6 +44,16 @@ class WorldModelConfig:
 
 
 KINDS = ("none", "ensemble")
+MOPO_WEIGHT_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # MBPO / MOPO, for 4 hidden layers + output
+
+
+def weight_decays(cfg: WorldModelConfig) -> list[float]:
+    if cfg.weight_decays is not None:
+        return list(cfg.weight_decays)
+    layers = len(cfg.hidden) + 1
+    if layers == len(MOPO_WEIGHT_DECAYS):
+        return list(MOPO_WEIGHT_DECAYS)
+    return torch.linspace(MOPO_WEIGHT_DECAYS[0], MOPO_WEIGHT_DECAYS[-1], layers).tolist()
 
 
 def is_null(cfg: WorldModelConfig, rollout_cfg: RolloutConfig) -> bool:
@@ -70,7 +81,7 @@ class WorldModel:
             self.fitted = True
         else:
             self.model = DynamicsEnsemble(
-                obs_dim, act_dim, cfg.ensemble_size, cfg.num_elites, cfg.hidden, cfg.lr,
+                obs_dim, act_dim, cfg.ensemble_size, cfg.num_elites, cfg.hidden, cfg.lr, weight_decays(cfg),
                 termination_fn=rule, learn_termination=rule is None and cfg.termination != "none", device=device,
             )
         self.uncertainty = make_uncertainty(cfg.uncertainty, self.model, members=cfg.uncertainty_members)

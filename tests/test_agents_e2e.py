@@ -1,0 +1,90 @@
+"""`python -m agents.<name>` end to end on the tiny dataset, and the CLI's user-error paths.
+
+The processes are started in the background by conftest (`agent_runs`, `cli_error_runs`) so
+they overlap with the in-process tests; here we only wait for them and check the results.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from conftest import AGENTS, MISSING_DATASET_ID
+from worldmodels.data.minari_io import dataset_exists, recipe_dataset_id
+
+REQUIRED_SUMMARY = ("agent", "dataset_id", "seed", "offline_score", "online_score", "offline_return",
+                    "online_return", "updates", "env_steps", "seconds")
+OFFLINE_AGENTS = {"bc", "td3bc"}
+
+
+@pytest.mark.parametrize("name", AGENTS)
+def test_agent_cli_end_to_end(agent_runs, tiny_dataset_id, name):
+    result = agent_runs[name].result()
+    assert result.returncode == 0, result.describe()
+    run_dir = result.run_dir
+    summary = result.summary
+    assert set(REQUIRED_SUMMARY) <= set(summary)
+    assert summary["agent"] == name and summary["dataset_id"] == tiny_dataset_id and summary["seed"] == 0
+    assert summary["env_steps"] == 60
+    with (run_dir / "eval.csv").open() as f:
+        evals = list(csv.DictReader(f))
+    with (run_dir / "train.csv").open() as f:
+        train = list(csv.DictReader(f))
+    if name in OFFLINE_AGENTS:
+        # 60 offline updates, then one update per env step (no warmup)
+        assert summary["updates"] == 120
+        assert isinstance(summary["offline_score"], float) and isinstance(summary["online_score"], float)
+        assert [float(r["step"]) for r in evals] == [60, 120]  # end of each phase
+        assert [float(r["phase"]) for r in evals] == [0, 1]
+        assert [float(r["step"]) for r in train] == [20, 40, 60, 80, 100, 120]
+    else:
+        # online-only: no offline phase; 20 warmup steps of random actions, then 40 updates
+        assert summary["updates"] == 40
+        assert summary["offline_score"] is None and isinstance(summary["online_score"], float)
+        assert [float(r["step"]) for r in evals] == [60]
+        assert [float(r["step"]) for r in train] == [40, 60]
+    assert summary["online_return"] == pytest.approx(float(evals[-1]["return"]))
+    assert all(r["return"] not in ("", "nan") for r in evals)
+    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file under tb/"
+    assert any(b"eval/return" in e.read_bytes() for e in events)  # scalars were written, not just a header
+    assert (run_dir / "checkpoint.pt").exists()
+    # the summary is also the last line on stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("{")
+
+
+def test_missing_dataset_id(cli_error_runs):
+    result = cli_error_runs["missing_id"].result()
+    assert result.returncode == 2, result.describe()
+    assert MISSING_DATASET_ID in result.stderr and "worldmodels.data.make" in result.stderr, result.describe()
+    assert "Traceback" not in result.stderr
+
+
+def test_offline_share_out_of_range(cli_error_runs):
+    result = cli_error_runs["offline_share"].result()
+    assert result.returncode == 2, result.describe()
+    assert "trainer.offline_share" in result.stderr and "1.5" in result.stderr, result.describe()
+    assert MISSING_DATASET_ID not in result.stderr  # rejected before any data is looked up
+
+
+def test_unknown_device(cli_error_runs):
+    result = cli_error_runs["device"].result()
+    assert result.returncode == 2, result.describe()
+    assert "tpu" in result.stderr and "device" in result.stderr, result.describe()
+    assert MISSING_DATASET_ID not in result.stderr
+
+
+def test_make_rejects_unknown_quality(cli_error_runs):
+    result = cli_error_runs["make_quality"].result()
+    assert result.returncode != 0, result.describe()
+    assert "quality" in result.stderr and "bogus" in result.stderr, result.describe()
+    assert "Traceback" not in result.stderr
+    assert not dataset_exists(recipe_dataset_id("HalfCheetah-v5", "bogus", 20_000, 30_000, 0))
+
+
+def test_nan_rewards_dataset(cli_error_runs, nan_rewards_dataset_id):
+    result = cli_error_runs["nan_rewards"].result()
+    assert result.returncode == 2, result.describe()
+    assert "'rewards'" in result.stderr and nan_rewards_dataset_id in result.stderr, result.describe()
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,161 @@
+"""The world-model layer as agents see it: rollouts, the null model, the model-free
+equivalence, and MOORe's priorities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.core.agent import EnvSpec
+from agents.core.config import TrainerConfig
+from agents.core.trainer import Trainer
+from agents.moore import MOORe, MOOReConfig, PriorityMixture, offline_priority
+from agents.mopo import MOPO, MOPOConfig
+from agents.sac import SAC, SACConfig
+from worldmodels.data.samplers import UniformSampler
+from worldmodels.data.store import TransitionStore
+from worldmodels.dynamics import StepResult
+from worldmodels.rollout import RolloutConfig, penalized_reward, rollout
+from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
+
+OBS, ACT = 3, 2
+
+
+class CountingModel:
+    """next_obs = obs + 1, reward 2, terminal once obs[:, 0] reaches `stop_at`, uncertainty = obs[:, 1]."""
+
+    def __init__(self, stop_at: float):
+        self.stop_at = stop_at
+
+    def step(self, obs, act, generator=None, propagation="random_elite", uncertainty=None):
+        next_obs = obs + 1.0
+        return StepResult(next_obs, torch.full((obs.shape[0],), 2.0), next_obs[:, 0] >= self.stop_at,
+                          {"uncertainty": obs[:, 1].clone()})
+
+
+def test_penalized_reward_formula():
+    assert torch.allclose(penalized_reward(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 4.0]), 0.5),
+                          torch.tensor([0.75, 0.0]))
+
+
+def test_rollout_stops_at_termination_and_applies_penalty_exactly():
+    # branch A starts at 0 and terminates when it reaches 2 (after 2 steps); branch B starts at -10 and runs to h
+    starts = torch.tensor([[0.0, 1.0, 0.0], [-10.0, 3.0, 0.0]])
+    result = rollout(CountingModel(stop_at=2.0), lambda o: torch.zeros(o.shape[0], ACT), starts, horizon=4,
+                     uncertainty=None, penalty_coef=0.5)
+    tr = result.transitions
+    assert tr["obs"].shape[0] == 2 + 4  # A: 2 steps, B: 4 steps
+    # penalty = 0.5 * obs[:, 1] at the state the step started from
+    assert torch.allclose(tr["rew"], 2.0 - 0.5 * tr["obs"][:, 1])
+    a_rows = tr["obs"][:, 0] >= 0
+    assert tr["terminal"][a_rows].tolist() == [0.0, 1.0]
+    assert tr["truncated"][a_rows].tolist() == [0.0, 0.0]
+    b_rows = ~a_rows
+    assert tr["terminal"][b_rows].tolist() == [0.0] * 4
+    assert tr["truncated"][b_rows].tolist() == [0.0, 0.0, 0.0, 1.0]  # horizon end keeps the bootstrap
+    assert torch.equal(tr["next_obs"], tr["obs"] + 1.0)
+    assert result.mean_length == pytest.approx(3.0)
+
+
+def _offline_store(n: int = 512, seed: int = 0) -> TransitionStore:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, OBS, generator=g)
+    act = torch.rand(n, ACT, generator=g) * 2 - 1
+    return TransitionStore.from_tensors({
+        "obs": obs, "act": act, "rew": obs[:, 0] - act.square().sum(1), "next_obs": obs + 0.1 * act.sum(1, True),
+        "terminal": torch.zeros(n), "truncated": torch.zeros(n)}, device="cpu")
+
+
+SPEC = EnvSpec(OBS, ACT, -torch.ones(ACT), torch.ones(ACT))
+SMALL = dict(hidden=[32, 32])
+
+
+def _trainer(agent, world, tmp_path, updates: int = 30) -> Trainer:
+    cfg = TrainerConfig(offline_updates=updates, online_steps=0, batch_size=32, eval_every=10**6,
+                        log_every=10, checkpoint_every=10**6, progress=False)
+    trainer = Trainer(agent, cfg, lambda: None, _offline_store(), tmp_path, seed=0, tensorboard=False, world=world)
+    trainer.evaluate = lambda phase: None  # no env in these unit tests
+    return trainer
+
+
+def _world(kind="ensemble", horizon=0, real_ratio=0.05):
+    wcfg = WorldModelConfig(kind=kind, hidden=[16, 16], fit_max_epochs=2, termination="none")
+    rcfg = RolloutConfig(horizon=horizon, real_ratio=real_ratio, num_starts=64, every=10, keep_rounds=2, chunk=64)
+    return make_world_model(wcfg, rcfg, OBS, ACT, None, torch.device("cpu"))
+
+
+def _params(module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+class OfflineSAC(SAC):
+    uses_offline_data = True  # plain SAC fed the offline data, no world model at all
+
+
+@pytest.mark.parametrize("horizon,real_ratio", [(0, 0.05), (5, 1.0)])
+def test_mopo_with_null_world_makes_exactly_the_sac_update(tmp_path, horizon, real_ratio):
+    torch.manual_seed(0)
+    sac = OfflineSAC(SACConfig(**SMALL), SPEC, torch.device("cpu"))
+    _trainer(sac, None, tmp_path / "sac").run()
+    torch.manual_seed(0)
+    mopo = MOPO(MOPOConfig(**SMALL), SPEC, torch.device("cpu"))
+    world = _world(horizon=horizon, real_ratio=real_ratio)
+    assert world.null
+    _trainer(mopo, world, tmp_path / "mopo").run()
+    assert len(world.store or []) == 0 and world.model is None  # never fitted, never rolled out
+    for a, b in zip(_params(sac), _params(mopo), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_model_based_mopo_differs_and_fills_its_store(tmp_path):
+    """The control for the test above: with imagined data the update must change."""
+    torch.manual_seed(0)
+    sac = OfflineSAC(SACConfig(**SMALL), SPEC, torch.device("cpu"))
+    _trainer(sac, None, tmp_path / "sac").run()
+    torch.manual_seed(0)
+    mopo = MOPO(MOPOConfig(**SMALL), SPEC, torch.device("cpu"))
+    world = _world(horizon=3, real_ratio=0.5)
+    trainer = _trainer(mopo, world, tmp_path / "mopo")
+    summary = trainer.run()
+    assert world.rounds == 3  # before updates 0, 10, 20
+    assert 0 < len(world.store) <= 64 * 3 * 2
+    assert summary["mean_penalty"] > 0 and summary["model_holdout_mse"] is not None
+    assert any(not torch.equal(a, b) for a, b in zip(_params(sac), _params(mopo), strict=True))
+    assert (tmp_path / "mopo" / "dynamics.pt").exists()
+
+
+def test_null_world_model_returns_the_real_sampler_unchanged():
+    world = _world(kind="none", horizon=5, real_ratio=0.05)
+    real = UniformSampler(_offline_store())
+    assert world.null and world.sampler(real) is real
+    assert world.generate(lambda o: o, real) is None and world.fit(store_fit_data(real.store)) is None
+
+
+def test_moore_priorities_follow_one_over_alpha_t():
+    assert [offline_priority(t, 2.0) for t in (1, 2, 4)] == [0.5, 0.25, 0.125]
+    agent = MOORe(MOOReConfig(priority_alpha=2.0, **SMALL), SPEC, torch.device("cpu"))
+
+    class FakeTrainer:
+        class state:
+            env_steps = 0
+        world = _world(horizon=5, real_ratio=0.5)
+
+    FakeTrainer.world.cfg.refit_every = 100
+    agent.on_online_start(FakeTrainer)
+    offline, online = _offline_store(400), _offline_store(100, seed=1)
+    mixture = agent.make_online_sampler(offline, online, 0.5)
+    assert isinstance(mixture, PriorityMixture)
+    for env_steps, epoch in [(0, 1), (99, 1), (100, 2), (350, 4)]:
+        FakeTrainer.state.env_steps = env_steps
+        priority = 1.0 / (2.0 * epoch)
+        assert agent.current_offline_priority() == pytest.approx(priority)
+        weights = agent.model_fit_weights(400, 100)
+        assert torch.allclose(weights[:400], torch.full((400,), priority)) and torch.all(weights[400:] == 1.0)
+        # sampling proportional to priority: the offline share of a batch is its priority mass
+        shares = mixture.shares()
+        assert shares["offline"] / (shares["offline"] + shares["online"]) == pytest.approx(
+            400 * priority / (400 * priority + 100))
+        batch = mixture.sample(1000)
+        expected_offline = round(1000 * 400 * priority / (400 * priority + 100))
+        from_offline = (batch.obs.unsqueeze(1) == offline.data["obs"].unsqueeze(0)).all(-1).any(1).sum()
+        assert abs(int(from_offline) - expected_offline) <= 1
