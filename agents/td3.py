@@ -97,10 +97,12 @@ class TD3(Agent):
         self.optimizers["critic"].step()
         self.num_updates += 1
         if self.num_updates % self.cfg.policy_delay == 0:
+            self.critic.requires_grad_(False)  # the actor's gradient needs no critic weight grads
             loss, actor_info = self.actor_loss(batch, obs)
             self.optimizers["actor"].zero_grad(set_to_none=True)
             loss.backward()
             self.optimizers["actor"].step()
+            self.critic.requires_grad_(True)
             soft_update(self.critic_target, self.critic, self.cfg.tau)
             soft_update(self.actor_target, self.actor, self.cfg.tau)
             info |= actor_info

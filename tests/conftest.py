@@ -60,7 +60,12 @@ TINY_BUDGET = {
 #: online-only agents start with `warmup_steps` (500 in their configs) of random actions; 20
 #: keeps some real updates inside the 60-step budget
 ONLINE_ONLY = {"td3": {"trainer.warmup_steps": "20"}, "sac": {"trainer.warmup_steps": "20"}}
-AGENTS = ("bc", "td3", "td3bc", "sac")
+#: model-based agents: a few seconds of model fitting and small rollout rounds every 30 updates
+_MODEL = {"world_model.fit_max_seconds": "3", "world_model.hidden": "[64,64]", "rollout.num_starts": "64",
+          "rollout.every": "30"}
+MODEL_BASED = {"mopo": _MODEL, "moore": _MODEL | {"world_model.refit_every": "30"}}
+AGENT_OVERRIDES = ONLINE_ONLY | MODEL_BASED
+AGENTS = ("bc", "td3", "td3bc", "sac", "mopo", "moore")
 
 
 # --- subprocess helpers -----------------------------------------------------------------------
@@ -74,7 +79,7 @@ def cli_env() -> dict[str, str]:
 def agent_cmd(name: str, run_dir: Path, dataset_id: str | None, **overrides: str) -> list[str]:
     """`python -m agents.<name>` with the tiny budget; keyword overrides replace/add keys
     (write dotted keys as `**{"trainer.batch_size": "128"}`)."""
-    args = dict(TINY_BUDGET) | ONLINE_ONLY.get(name, {})
+    args = dict(TINY_BUDGET) | AGENT_OVERRIDES.get(name, {})
     if dataset_id is not None:
         args["dataset.id"] = dataset_id
     args |= overrides
@@ -126,7 +131,8 @@ class Pending:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 out, err = self.proc.communicate()
-                raise AssertionError(f"timed out after {self.timeout} s: {' '.join(self.cmd)}\n{err[-3000:]}")
+                raise AssertionError(
+                    f"timed out after {self.timeout} s: {' '.join(self.cmd)}\n{err[-3000:]}") from None
             self._result = CliResult(self.cmd, self.proc.returncode, out, err, self.run_dir)
         return self._result
 
@@ -175,8 +181,9 @@ def nan_rewards_dataset_id() -> str:
         rewards.append(rew)
     env.close()
     rewards[3] = float("nan")
-    episode = {"observations": np.array(observations), "actions": np.array(actions), "rewards": np.array(rewards),
-               "terminations": np.zeros(10, bool), "truncations": np.eye(10, dtype=bool)[-1]}
+    episode = {"observations": np.array(observations), "actions": np.array(actions),
+               "rewards": np.array(rewards), "terminations": np.zeros(10, bool),
+               "truncations": np.eye(10, dtype=bool)[-1]}
     return write_minari_dataset("o2o/tests/nan-rewards-v0", "HalfCheetah-v5", [episode], -300.0, 1000.0)
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import csv
 
 import pytest
+from conftest import AGENTS, MISSING_DATASET_ID, MODEL_BASED
 
-from conftest import AGENTS, MISSING_DATASET_ID
 from worldmodels.data.minari_io import dataset_exists, recipe_dataset_id
 
 REQUIRED_SUMMARY = ("agent", "dataset_id", "seed", "offline_score", "online_score", "offline_return",
                     "online_return", "updates", "env_steps", "seconds")
-OFFLINE_AGENTS = {"bc", "td3bc"}
+OFFLINE_AGENTS = {"bc", "td3bc", "mopo", "moore"}
 
 
 @pytest.mark.parametrize("name", AGENTS)
@@ -50,6 +50,15 @@ def test_agent_cli_end_to_end(agent_runs, tiny_dataset_id, name):
     assert events, "no TensorBoard event file under tb/"
     assert any(b"eval/return" in e.read_bytes() for e in events)  # scalars were written, not just a header
     assert (run_dir / "checkpoint.pt").exists()
+    if name in MODEL_BASED:
+        # fitted once offline (moore refits at online steps 30 and 60), rollouts every 30 updates
+        assert summary["model_holdout_mse"] > 0 and summary["mean_penalty"] > 0
+        assert (run_dir / "dynamics.pt").exists()
+        with (run_dir / "model.csv").open() as f:
+            model_rows = list(csv.DictReader(f))
+        fits = [r for r in model_rows if r.get("epochs")]
+        assert len(fits) == (3 if name == "moore" else 1)
+        assert sum(1 for r in model_rows if r.get("model/penalty_mean")) == 4  # updates 0, 30, 60, 90
     # the summary is also the last line on stdout
     assert result.stdout.strip().splitlines()[-1].startswith("{")
 

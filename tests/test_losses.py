@@ -32,8 +32,9 @@ def make_batch(n: int = 6, seed: int = 0) -> Batch:
     terminal[1] = 1.0  # true termination: bootstrap zeroed
     truncated[2] = 1.0  # time-limit cut: bootstrap kept
     terminal[3], truncated[3] = 1.0, 1.0  # both set: termination wins
-    return Batch(torch.randn(n, 4, generator=g), act, torch.randn(n, generator=g), torch.randn(n, 4, generator=g),
-                 terminal, truncated)
+    obs, next_obs = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g)
+    rew = torch.randn(n, generator=g)
+    return Batch(obs, act, rew, next_obs, terminal, truncated)
 
 
 def perturb(module: torch.nn.Module, seed: int) -> None:
@@ -162,7 +163,8 @@ def test_sac_critic_target_by_hand():
             log_prob = (-((u - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
                         - torch.log(1 - torch.tanh(u) ** 2) - scale.log()).sum(-1)
             next_act = (torch.tanh(u) * scale + bias).float()
-            next_q = torch.stack([member_forward(agent.critic_target, i, b.next_obs, next_act) for i in range(2)])
+            next_q = torch.stack([member_forward(agent.critic_target, i, b.next_obs, next_act)
+                                  for i in range(2)])
             soft_v = next_q.min(0).values.double() - alpha * log_prob
             target = b.rew.double() + gamma * (1 - b.terminal.double()) * soft_v
         q = torch.stack([member_forward(agent.critic, i, b.obs, b.act) for i in range(2)]).double()
@@ -176,10 +178,12 @@ def test_sac_critic_target_by_hand():
     # truncation flags do not enter the target; termination flags do
     no_trunc = Batch(batch.obs, batch.act, batch.rew, batch.next_obs, batch.terminal, torch.zeros(len(batch)))
     torch.manual_seed(11)
-    assert agent.critic_loss(no_trunc, batch.obs, batch.next_obs)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+    same = agent.critic_loss(no_trunc, batch.obs, batch.next_obs)[0].item()
+    assert same == pytest.approx(loss.item(), rel=1e-6)
     no_term = Batch(batch.obs, batch.act, batch.rew, batch.next_obs, torch.zeros(len(batch)), batch.truncated)
     torch.manual_seed(11)
-    assert agent.critic_loss(no_term, batch.obs, batch.next_obs)[0].item() != pytest.approx(loss.item(), rel=1e-3)
+    changed = agent.critic_loss(no_term, batch.obs, batch.next_obs)[0].item()
+    assert changed != pytest.approx(loss.item(), rel=1e-3)
 
 
 def test_sac_update_with_fixed_alpha_keeps_alpha_and_moves_only_its_nets():

@@ -12,6 +12,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
+from conftest import agent_cmd, run_cli
 
 from agents.core.agent import EnvSpec
 from agents.core.config import TrainerConfig
@@ -19,7 +20,6 @@ from agents.core.entry import offline_store
 from agents.core.envs import box_bounds
 from agents.core.trainer import Trainer, seed_everything
 from agents.td3bc import TD3BC, TD3BCConfig
-from conftest import agent_cmd, run_cli
 from worldmodels.data.minari_io import load_offline_dataset
 
 CPU = torch.device("cpu")
@@ -45,8 +45,8 @@ def make_trainer(run_dir: Path, dataset, init_seed: int = 0) -> Trainer:
     env.close()
     seed_everything(init_seed)  # a resumed run starts from other weights: the checkpoint must overwrite them
     agent = TD3BC(TD3BCConfig(hidden=[32, 32]), spec, CPU)
-    cfg = TrainerConfig(offline_updates=40, online_steps=40, checkpoint_every=20, eval_every=40, eval_episodes=1,
-                        log_every=10, batch_size=64, progress=False)
+    cfg = TrainerConfig(offline_updates=40, online_steps=40, checkpoint_every=20, eval_every=40,
+                        eval_episodes=1, log_every=10, batch_size=64, progress=False)
     return Trainer(agent, cfg, short_env, offline_store(dataset, CPU), run_dir, seed=0,
                    ref_scores=(dataset.ref_min_score, dataset.ref_max_score), tensorboard=False)
 
@@ -96,7 +96,8 @@ def assert_matches_uninterrupted(resumed: Trainer, summary: dict, uninterrupted)
 def test_uninterrupted_run_logs(uninterrupted):
     trainer, summary = uninterrupted
     assert [float(r["step"]) for r in read_rows(trainer.run_dir / "eval.csv")] == [40, 80]
-    assert [float(r["step"]) for r in read_rows(trainer.run_dir / "train.csv")] == [10, 20, 30, 40, 50, 60, 70, 80]
+    train_steps = [float(r["step"]) for r in read_rows(trainer.run_dir / "train.csv")]
+    assert train_steps == [10, 20, 30, 40, 50, 60, 70, 80]
     episodes = read_rows(trainer.run_dir / "episodes.csv")
     assert [float(r["length"]) for r in episodes] == [EPISODE]  # one time-limit cut in 40 online steps
     assert float(episodes[0]["env_steps"]) == EPISODE
@@ -133,7 +134,8 @@ def test_finished_run_is_not_rerun(tmp_path, dataset, uninterrupted):
     shutil.copytree(ref.run_dir, run_dir)
     again = make_trainer(run_dir, dataset, init_seed=5)
     summary = again.run()
-    assert summary["updates"] == ref_summary["updates"] and summary["online_return"] == ref_summary["online_return"]
+    assert summary["updates"] == ref_summary["updates"]
+    assert summary["online_return"] == ref_summary["online_return"]
     assert again.agent.num_updates == 80
     for name in LOGS:
         assert (run_dir / name).read_text() == (ref.run_dir / name).read_text(), name

@@ -94,7 +94,9 @@ def check_run_config(cfg: RunConfig) -> None:
         raise ConfigError(f"trainer.offline_share={t.offline_share} must lie in [0, 1].")
     if d.id is None:
         if d.quality not in (*QUALITIES, "none"):
-            raise ConfigError(f"dataset.quality={d.quality!r} is not a recipe; choose one of {', '.join(QUALITIES)} or none.")
+            raise ConfigError(
+                f"dataset.quality={d.quality!r} is not a recipe; choose one of {', '.join(QUALITIES)} or none."
+            )
         if d.size <= 0 or d.train_steps <= 0:
             raise ConfigError("dataset.size and dataset.train_steps must be positive.")
     w, r = cfg.world_model, cfg.rollout

@@ -60,8 +60,9 @@ def check_run_dir(run_dir: Path, cfg_yaml: str, resume: bool) -> None:
     """A run directory belongs to one config: resuming with another one is refused."""
     saved = run_dir / "run_config.yaml"
     if not resume:
-        for name in ("checkpoint.pt", "summary.json", "train.csv", "eval.csv", "episodes.csv"):
-            (run_dir / name).unlink(missing_ok=True)
+        for path in [*run_dir.glob("*.csv"), run_dir / "checkpoint.pt", run_dir / "summary.json",
+                     run_dir / "dynamics.pt"]:
+            path.unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tb", ignore_errors=True)
     elif saved.exists() and (run_dir / "checkpoint.pt").exists():
         old, new = OmegaConf.create(saved.read_text()), OmegaConf.create(cfg_yaml)

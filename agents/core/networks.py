@@ -54,7 +54,7 @@ class CriticEnsemble(nn.Module):
         super().__init__()
         self.num_critics = num_critics
         dims = [obs_dim + act_dim, *hidden]
-        self.hidden = nn.ModuleList(EnsembleLinear(i, o, num_critics) for i, o in zip(dims[:-1], dims[1:]))
+        self.hidden = nn.ModuleList(EnsembleLinear(i, o, num_critics) for i, o in zip(dims[:-1], dims[1:], strict=True))
         self.head = EnsembleLinear(dims[-1], 1, num_critics)
 
     def forward(self, obs: Tensor, act: Tensor) -> Tensor:
@@ -121,5 +121,9 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 def adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
-    # foreach kernels keep optimizer steps cheap on CPU; fused is CUDA-only on older torch
-    return torch.optim.Adam(params, lr=lr, foreach=True)
+    """Fused Adam (one kernel for all parameters; CPU and CUDA in torch >= 2.4), else foreach."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)

@@ -122,9 +122,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(self.seed)
         resumed = self.checkpoint_path.exists() and self.load_checkpoint()
-        self.logger = RunLogger(self.run_dir, self.tensorboard, purge_step=self.global_step if resumed else None)
-        if resumed:
-            self.logger.truncate(self._log_rows)
+        # A fresh start in a used directory (killed before its first checkpoint) drops the old
+        # rows; a resume drops only the rows written after its checkpoint.
+        self.logger = RunLogger(self.run_dir, self.tensorboard, purge_step=self.global_step if resumed else 0)
+        self.logger.truncate(self._log_rows if resumed else {})
         if self.state.done:
             self.logger.close()
             return self.write_summary()

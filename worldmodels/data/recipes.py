@@ -21,6 +21,7 @@ found in the Minari store and returned at once.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,8 +133,14 @@ def train_behaviour(recipe: Recipe, run_dir: Path, device: torch.device, progres
     def returns(policy, seed: int) -> float:
         return float(run_episodes(lambda: make_env(recipe.env_id), policy, REF_EPISODES, seed, device).returns.mean())
 
-    random_return = returns(lambda o: agent.random_action(o.shape[0]), 1_000_000 + recipe.seed)
-    expert_return = returns(lambda o: agent.act(o, deterministic=True), 2_000_000 + recipe.seed)
+    refs_path = run_dir / "reference_scores.json"  # shared by every quality built from this run
+    if refs_path.exists():
+        refs = json.loads(refs_path.read_text())
+    else:
+        refs = {"random": returns(lambda o: agent.random_action(o.shape[0]), 1_000_000 + recipe.seed),
+                "expert": returns(lambda o: agent.act(o, deterministic=True), 2_000_000 + recipe.seed)}
+        refs_path.write_text(json.dumps(refs))
+    random_return, expert_return = refs["random"], refs["expert"]
     target = random_return + (expert_return - random_return) / 3
     medium = min(snapshots, key=lambda s: abs(s["return"] - target))
     return Behaviour(snapshots, trainer.online.valid(), random_return, expert_return, medium)
@@ -142,10 +149,14 @@ def train_behaviour(recipe: Recipe, run_dir: Path, device: torch.device, progres
 def collect(recipe: Recipe, behaviour: Behaviour, device: torch.device) -> list[dict]:
     from agents.core.envs import run_episodes
 
+    episode_limit = _env(recipe.env_id).spec.max_episode_steps or 1000
+
     def rollouts(actor_state: dict | None, n: int, seed: int) -> list[dict]:
         policy = _policy(recipe.env_id, actor_state, device)
+        # as many lockstep envs as whole episodes fit in n, so episodes are not cut short
+        num_envs = max(1, min(10, n // episode_limit))
         return run_episodes(lambda: _env(recipe.env_id), policy, 10**9, seed, device,
-                            record=True, max_transitions=n).episodes
+                            record=True, max_transitions=n, num_envs=num_envs).episodes
 
     seed = 3_000_000 + recipe.seed
     final = behaviour.snapshots[-1]["actor"]

@@ -47,7 +47,8 @@ class PrioritySampler:
         self.store, self.key = store, key
 
     def __len__(self) -> int:
-        return len(self.store)
+        """Rows that can be drawn (positive priority); 0 makes a mixture skip this source."""
+        return int((self.store.data[self.key][: len(self.store)] > 0).sum())
 
     def probabilities(self) -> Tensor:
         weights = self.store.data[self.key][: len(self.store)]
