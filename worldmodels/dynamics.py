@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from worldmodels.ensemble import ProbabilisticEnsemble
-from worldmodels.termination import TerminationFn, termination_fn_for
+from worldmodels.termination import TerminationFn, rule_name, termination_fn_for
 
 _FORMAT = "o2o-worldmodels/dynamics-ensemble/v1"
 _MULTINOMIAL_MAX_CATEGORIES = 2**24  # torch.multinomial limit; beyond it we sample by inverse CDF
@@ -84,10 +84,13 @@ class DynamicsEnsemble(nn.Module):
         lr: Adam learning rate (1e-3, MOPO / OfflineRL-Kit).
         weight_decays: per-layer L2 coefficients (MBPO / OfflineRL-Kit).
         termination_fn: a rule ``fn(obs, act, next_obs) -> bool [B]`` or a gymnasium/Minari id resolved with
-            ``termination_fn_for`` (an id is saved with the model; a custom callable must be passed again
-            to ``load``).
+            ``termination_fn_for``. Ids and the rules of ``worldmodels.termination`` are saved with the model;
+            any other callable must be passed again to ``load``.
         learn_termination: train a separate MLP classifier on (obs, act, next_obs) with BCE in ``fit`` and
             use it when no rule is given. Without either, imagined transitions never terminate.
+        train_precision: "float32" (default) or "bfloat16": run the training forward/backward matmuls under
+            bf16 autocast (weights, optimizer, loss and all predictions stay float32). About 2x the training
+            throughput on CPUs with AVX512-BF16 / AMX and on recent GPUs; off by default.
         device: where every tensor lives.
     """
 
@@ -102,9 +105,13 @@ class DynamicsEnsemble(nn.Module):
         weight_decays: Sequence[float] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4),
         termination_fn: TerminationFn | str | None = None,
         learn_termination: bool = False,
+        train_precision: str = "float32",
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
+        if train_precision not in ("float32", "bfloat16"):
+            raise ValueError(f"train_precision must be 'float32' or 'bfloat16', got {train_precision!r}")
+        self.train_precision = train_precision
         if not 1 <= num_elites <= ensemble_size:
             raise ValueError(f"num_elites must be in [1, ensemble_size={ensemble_size}], got {num_elites}")
         if termination_fn is not None and learn_termination:
@@ -128,6 +135,8 @@ class DynamicsEnsemble(nn.Module):
                 )
             self.termination_id = termination_fn
             termination_fn = rule
+        elif termination_fn is not None:
+            self.termination_id = rule_name(termination_fn)  # a rule from worldmodels.termination, or None
         self.termination_fn: TerminationFn | None = termination_fn
 
         in_dim, out_dim = self.obs_dim + self.act_dim, self.obs_dim + 1
@@ -252,7 +261,8 @@ class DynamicsEnsemble(nn.Module):
         Loss as in PETS / MBPO / OfflineRL-Kit: Gaussian NLL (mean over batch and dims, summed over members)
         + bound loss; the per-layer weight decay enters through Adam's L2 term (see optimizer_param_groups).
         """
-        mean, logvar = self.net(x)  # [E, b, D]
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.train_precision == "bfloat16"):
+            mean, logvar = self.net(x)  # [E, b, D], float32
         nll = ((mean - y).square() * torch.exp(-logvar) + logvar).mean(dim=(1, 2)).sum()
         loss = nll + self.net.bound_loss()
         self.optimizer.zero_grad(set_to_none=True)
@@ -277,15 +287,15 @@ class DynamicsEnsemble(nn.Module):
             return torch.multinomial(weights.expand(e, n), n, replacement=True, generator=generator)
         cdf = torch.cumsum(weights.double(), dim=0)
         u = torch.rand(e, n, generator=generator, device=dev, dtype=torch.float64) * cdf[-1]
-        return torch.searchsorted(cdf, u).clamp_(max=n - 1)
+        # right=True: u in [cdf[i-1], cdf[i]) maps to i, so zero-weight rows (empty intervals) are never drawn
+        return torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
 
     def _check_data(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         missing = [k for k in ("obs", "act", "rew", "next_obs", "terminal") if k not in data]
         if missing:
-            raise KeyError(
-                f"fit data is missing {missing}; expected obs, act, rew, next_obs, terminal[, weights]"
-            )
-        out = {k: torch.as_tensor(v).to(self.device, torch.float32) for k, v in data.items()}
+            raise KeyError(f"fit data is missing {missing}; expected obs, act, rew, next_obs, terminal[, weights]")
+        keys = ("obs", "act", "rew", "next_obs", "terminal", "weights")
+        out = {k: torch.as_tensor(data[k]).to(self.device, torch.float32) for k in keys if k in data}
         n = out["obs"].shape[0]
         expected = {
             "obs": (n, self.obs_dim),
@@ -334,9 +344,7 @@ class DynamicsEnsemble(nn.Module):
         n = d["obs"].shape[0]
         n_hold = min(int(n * holdout_ratio), max_holdout)
         if n_hold < 1 or n - n_hold < 1:
-            raise ValueError(
-                f"need at least one training and one holdout transition; got N={n}, holdout={n_hold}"
-            )
+            raise ValueError(f"need at least one training and one holdout transition; got N={n}, holdout={n_hold}")
         perm = torch.randperm(n, generator=generator, device=self.device)
         hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
 
@@ -349,9 +357,8 @@ class DynamicsEnsemble(nn.Module):
             ):
                 std, mean = torch.std_mean(values, dim=0, correction=0)
                 buf_mean.copy_(mean)
-                buf_std.copy_(
-                    torch.where(std < 1e-8, torch.ones_like(std), std)
-                )  # constant dims left unscaled
+                # constant dims are left unscaled
+                buf_std.copy_(torch.where(std < 1e-8, torch.ones_like(std), std))
         x_all = (inputs - self.in_mean) / self.in_std
         y_all = (targets - self.target_mean) / self.target_std
         x_train, y_train = x_all[train_idx], y_all[train_idx]  # [n, in], [n, D]
@@ -379,9 +386,8 @@ class DynamicsEnsemble(nn.Module):
             if max_epochs is not None and epochs >= max_epochs:
                 stopped_by = "max_epochs"
                 break
-            if (
-                epochs > 0
-            ):  # reshuffle each member's bootstrap sample between epochs (as MBPO / OfflineRL-Kit)
+            if epochs > 0:
+                # reshuffle each member's bootstrap sample between epochs (as MBPO / OfflineRL-Kit)
                 order = torch.rand(boot.shape, generator=generator, device=self.device).argsort(dim=1)
                 boot = boot.gather(1, order)
             out_of_time = False
@@ -456,6 +462,7 @@ class DynamicsEnsemble(nn.Module):
             "weight_decays": list(self.weight_decays),
             "termination": termination,
             "learn_termination": self.learn_termination,
+            "train_precision": self.train_precision,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -485,15 +492,11 @@ class DynamicsEnsemble(nn.Module):
         """
         payload = torch.load(path, map_location=device, weights_only=True)
         if payload.get("format") != _FORMAT:
-            raise ValueError(
-                f"{path} is not a DynamicsEnsemble checkpoint (format {payload.get('format')!r})"
-            )
+            raise ValueError(f"{path} is not a DynamicsEnsemble checkpoint (format {payload.get('format')!r})")
         config = dict(payload["config"])
         termination = config.pop("termination")
         if termination == "custom" and termination_fn is None:
-            raise ValueError(
-                f"{path} was saved with a custom termination_fn; pass it to load(termination_fn=...)"
-            )
+            raise ValueError(f"{path} was saved with a custom termination_fn; pass it to load(termination_fn=...)")
         rule = termination_fn if termination_fn is not None else termination
         model = cls(**config, termination_fn=rule, device=device)
         model.load_state_dict(payload["state"])

@@ -37,9 +37,7 @@ class EnsembleLinear(nn.Module):
         self.ensemble_size = ensemble_size
         self.weight_decay = float(weight_decay)
         kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(
-            torch.empty(ensemble_size, in_features, out_features, **kw)
-        )  # [E, in, out]
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features, **kw))  # [E, in, out]
         self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_features, **kw))  # [E, 1, out]
         self.reset_parameters()
 
@@ -110,24 +108,30 @@ class ProbabilisticEnsemble(nn.Module):
             for i in range(len(sizes) - 1)
         )
         self.activation = activation()
+        try:  # without autograd (rollouts) the activation can overwrite its input: ~5% faster on CPU
+            self.activation_inplace: nn.Module | None = activation(inplace=True)
+        except TypeError:
+            self.activation_inplace = None
         # Initial bounds 0.5 and -10 as in PETS / MBPO / OfflineRL-Kit.
-        self.max_logvar = nn.Parameter(
-            torch.full((ensemble_size, 1, out_dim), 0.5, device=device)
-        )  # [E, 1, D]
-        self.min_logvar = nn.Parameter(
-            torch.full((ensemble_size, 1, out_dim), -10.0, device=device)
-        )  # [E, 1, D]
+        bound_shape = (ensemble_size, 1, out_dim)  # [E, 1, D]
+        self.max_logvar = nn.Parameter(torch.full(bound_shape, 0.5, device=device))
+        self.min_logvar = nn.Parameter(torch.full(bound_shape, -10.0, device=device))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)  # [B, in] -> [E, B, in] (a view, no copy)
         h = x
+        act = self.activation
+        if self.activation_inplace is not None and not torch.is_grad_enabled():
+            act = self.activation_inplace
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h)
+            h = layer(h)  # [E, B, hidden_i]
             if i < last:
-                h = self.activation(h)
-        mean, raw_logvar = h.split(self.out_dim, dim=-1)  # each [E, B, D]
+                h = act(h)
+        # .float(): under a bf16 autocast (DynamicsEnsemble(train_precision="bfloat16")) the bounds and the
+        # loss stay in float32; a no-op otherwise.
+        mean, raw_logvar = h.float().split(self.out_dim, dim=-1)  # each [E, B, D]
         logvar = soft_clamp(raw_logvar, self.min_logvar, self.max_logvar)
         return mean, logvar
 

@@ -109,10 +109,22 @@ def _task_key(env_id: str) -> str | None:
     return name.lower().replace("_", "")
 
 
+_BY_NAME: dict[str, TerminationFn] = {fn.__name__: fn for fn in _RULES.values()}
+
+
+def rule_name(fn: TerminationFn) -> str | None:
+    """The function name of a rule defined here (e.g. 'hopper_v5'), which termination_fn_for resolves."""
+    name = getattr(fn, "__name__", None)
+    return name if name is not None and _BY_NAME.get(name) is fn else None
+
+
 def termination_fn_for(env_id: str) -> TerminationFn | None:
-    """The known termination rule for a gymnasium v5 id (e.g. 'Hopper-v5') or a Minari 'mujoco/<task>/...' id.
+    """The known termination rule for a gymnasium v5 id (e.g. 'Hopper-v5'), a Minari 'mujoco/<task>/...' id
+    or a rule name from this module ('hopper_v5', 'never_terminates').
 
     Returns None for anything else, so the caller can fall back to a learned termination head.
     """
+    if env_id in _BY_NAME:
+        return _BY_NAME[env_id]
     key = _task_key(env_id)
     return None if key is None else _RULES.get(key)

@@ -141,12 +141,11 @@ _REGISTRY: dict[str, Callable[..., Uncertainty]] = {
 def make_uncertainty(name: str, model, **kwargs) -> Uncertainty:
     """Build an estimator by name; ``model`` is a DynamicsEnsemble, or for "q_std" a callable -> [N, B].
 
-    Extra keyword arguments (members=..., include_reward=...) go to the dynamics estimators.
+    Extra keyword arguments (members=..., include_reward=...) go to the dynamics estimators; None values
+    mean "the estimator's default" and are dropped.
     """
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"unknown uncertainty {name!r}; valid names: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-    return cls(model, **kwargs)
+        raise ValueError(f"unknown uncertainty {name!r}; valid names: {', '.join(sorted(_REGISTRY))}") from None
+    return cls(model, **{k: v for k, v in kwargs.items() if v is not None})

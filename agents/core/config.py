@@ -56,6 +56,7 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)  # read only when world_model is not none
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]; auto takes the GPU when present
+    threads: int = 0  # torch CPU threads; 0 = torch's default. Use 1 when several runs share the cores
     experiment: str = "quick"
     resume: bool = True  # continue from run_dir/checkpoint.pt when it exists
 
@@ -118,4 +119,6 @@ def check_run_config(cfg: RunConfig) -> None:
             raise ConfigError("world_model.num_elites must lie in [1, world_model.ensemble_size].")
         if w.load_path is not None and not Path(w.load_path).is_file():
             raise ConfigError(f"world_model.load_path={w.load_path} does not exist; give a dynamics.pt from a run dir.")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads={cfg.threads} must be >= 0 (0 = torch's default).")
     resolve_device(cfg.device)

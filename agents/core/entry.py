@@ -29,7 +29,7 @@ from worldmodels.world import make_world_model
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 #: keys that may change between a run and its resumption
-RESUMABLE_KEYS = ("resume", "device", "trainer.progress")
+RESUMABLE_KEYS = ("resume", "device", "threads", "trainer.progress")
 
 
 def load_dataset(cfg: RunConfig, device: torch.device) -> OfflineDataset | None:
@@ -96,6 +96,8 @@ def _flat(cfg) -> dict:
 def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     """Everything a run needs, from a composed config: data, env, agent, trainer."""
     check_run_config(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if cfg.dataset.id is None and cfg.dataset.quality == "none" and agent_cls.uses_offline_data:
         raise ConfigError(f"{agent_cls.__name__} learns from offline data; dataset.quality=none gives it none.")
