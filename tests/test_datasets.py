@@ -286,7 +286,7 @@ def test_hanging_download_is_guarded(tmp_path, monkeypatch):
     t0 = time.perf_counter()
     try:
         with pytest.raises(DatasetError, match="did not finish within 0.3 s"):
-            load_offline_dataset("o2o/slow/hang-v0")
+            load_offline_dataset("o2o/slow/hang-v0", download=True)
     finally:
         release.set()
     assert time.perf_counter() - t0 < 3

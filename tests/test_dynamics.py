@@ -362,14 +362,18 @@ def test_save_load_predicts_identically(fitted, tmp_path):
     assert DynamicsEnsemble.load(tmp_path / "rule.pt").termination_fn is ant_v5
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fit_step():
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    data = {k: v.cuda() for k, v in linear_gaussian(2000, torch.Generator().manual_seed(0)).items()}
-    model = small_model(device="cuda")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # only devices that exist here
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fit_step_stay_on_device(device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    data = {k: v.to(device) for k, v in linear_gaussian(2000, torch.Generator().manual_seed(0)).items()}
+    model = small_model(device=device)
     model.fit(data, max_epochs=2, generator=gen)
     out = model.step(data["obs"][:10], data["act"][:10], generator=gen, uncertainty=AleatoricMax(model))
-    assert out.next_obs.is_cuda and out.info["uncertainty"].shape == (10,)
+    assert out.next_obs.device.type == device and out.info["uncertainty"].device.type == device
+    assert out.info["uncertainty"].shape == (10,)
 
 
 # ------------------------------------------------------------------ termination rules
@@ -396,8 +400,7 @@ def test_termination_rules():
 
 @pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5", "InvertedPendulum-v5"])
 def test_termination_rules_match_gymnasium(env_id):
-    gym = pytest.importorskip("gymnasium")
-    pytest.importorskip("mujoco")
+    import gymnasium as gym
     env = gym.make(env_id)
     rule = termination_fn_for(env_id)
     obs, _ = env.reset(seed=0)

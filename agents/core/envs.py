@@ -61,6 +61,17 @@ def _time_limit(env: gym.Env) -> TimeLimit | None:
     return None
 
 
+def _mj_state_spec():
+    try:
+        import mujoco
+    except ImportError:
+        return None
+    return mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+MJ_STATE = _mj_state_spec()
+
+
 def get_env_state(env: gym.Env) -> dict:
     """Everything needed to continue an episode exactly: simulator state, RNG, time-limit counter."""
     u = env.unwrapped
@@ -68,11 +79,12 @@ def get_env_state(env: gym.Env) -> dict:
     limit = _time_limit(env)
     if limit is not None:
         state["elapsed_steps"] = int(limit._elapsed_steps or 0)
-    if hasattr(u, "data") and hasattr(u, "set_state"):  # MuJoCo
-        state["qpos"] = torch.as_tensor(u.data.qpos.copy())
-        state["qvel"] = torch.as_tensor(u.data.qvel.copy())
-        state["act"] = torch.as_tensor(u.data.act.copy())
-        state["time"] = float(u.data.time)
+    if hasattr(u, "data") and hasattr(u, "model"):  # MuJoCo: the full integration state, including
+        import mujoco  # the solver's warm start, so the next step is bitwise the uninterrupted one
+
+        buffer = np.empty(mujoco.mj_stateSize(u.model, MJ_STATE))
+        mujoco.mj_getState(u.model, u.data, buffer, MJ_STATE)
+        state["mujoco"] = torch.as_tensor(buffer)
     elif hasattr(u, "state"):  # classic control
         state["state"] = torch.as_tensor(np.asarray(u.state, dtype=np.float64))
     return state
@@ -81,10 +93,11 @@ def get_env_state(env: gym.Env) -> dict:
 def set_env_state(env: gym.Env, state: dict) -> None:
     env.reset()  # wrappers insist on a reset before stepping; then overwrite everything
     u = env.unwrapped
-    if "qpos" in state:
-        u.set_state(state["qpos"].numpy(), state["qvel"].numpy())
-        u.data.act[:] = state["act"].numpy()
-        u.data.time = state["time"]
+    if "mujoco" in state:
+        import mujoco
+
+        mujoco.mj_setState(u.model, u.data, state["mujoco"].numpy(), MJ_STATE)
+        mujoco.mj_forward(u.model, u.data)
     elif "state" in state:
         u.state = state["state"].numpy()
     limit = _time_limit(env)
