@@ -4,6 +4,11 @@ measures the update, not data loading.
 
     python benchmarks/throughput.py --agent td3bc --seconds 20
 
+Model-based agents (mopo, moore) run with their world model at the paper's settings (7x4x200
+ensemble, a rollout round of 50k start states x h = 5 every 1000 updates, 5% real data), so
+their figure is updates per second with the rollout cost amortized in; the ensemble is fitted
+for one epoch first (fitting is benchmarked by benchmarks/model.py).
+
 Prints one JSON line. The warm-up updates (first 10% of the time) are not counted.
 """
 
@@ -20,13 +25,18 @@ from agents.core.agent import EnvSpec
 from agents.core.config import resolve_device
 from worldmodels.data.samplers import UniformSampler
 from worldmodels.data.store import TransitionStore
+from worldmodels.rollout import RolloutConfig
+from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
 
 AGENTS = {  # name -> (module, agent class, config class)
     "bc": ("agents.bc", "BC", "BCConfig"),
     "td3": ("agents.td3", "TD3", "TD3Config"),
     "td3bc": ("agents.td3bc", "TD3BC", "TD3BCConfig"),
     "sac": ("agents.sac", "SAC", "SACConfig"),
+    "mopo": ("agents.mopo", "MOPO", "MOPOConfig"),
+    "moore": ("agents.moore", "MOORe", "MOOReConfig"),
 }
+MODEL_BASED = {"mopo", "moore"}
 
 
 def synthetic_store(n: int, obs_dim: int, act_dim: int, device: torch.device) -> TransitionStore:
@@ -47,13 +57,24 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
     agent = getattr(mod, cls_name)(getattr(mod, cfg_name)(), spec, device)
     store = synthetic_store(100_000, 17, 6, device)
     agent.on_offline_start(store)
-    sampler = UniformSampler(store)
+    real = UniformSampler(store)
+    world = None
+    if agent_name in MODEL_BASED:
+        world = make_world_model(WorldModelConfig(kind="ensemble", fit_max_epochs=1), RolloutConfig(),
+                                 17, 6, "HalfCheetah-v5", device)
+        world.fit(store_fit_data(store))
+    sampler = world.sampler(real) if world is not None else real
+    total = 0
 
     def run_for(budget: float) -> int:
+        nonlocal total
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < budget:
             for _ in range(50):
+                if world is not None and world.due(total):
+                    world.generate(lambda o: agent.act(o), real)
                 agent.update(sampler.sample(batch_size))
+                total += 1
             n += 50
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -1,0 +1,64 @@
+"""The reference figure for benchmarks/throughput.py: d3rlpy's updates per second at the same
+sizes (256x2 MLPs, batch 256, obs 17, act 6, 100k synthetic transitions), through its own
+training loop (`fit`, which includes its replay sampling, as ours does).
+
+d3rlpy pins an old gym, so run it in its own environment:
+
+    uv venv /tmp/d3venv -p 3.11 && VIRTUAL_ENV=/tmp/d3venv uv pip install d3rlpy==2.8.1 torch
+    /tmp/d3venv/bin/python benchmarks/d3rlpy_throughput.py --agent td3bc --steps 2000
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+
+def make_dataset(n: int = 100_000, obs_dim: int = 17, act_dim: int = 6):
+    import d3rlpy
+
+    rng = np.random.default_rng(0)
+    terminals = np.zeros(n)
+    timeouts = np.zeros(n)
+    timeouts[999::1000] = 1.0  # 1000-step episodes, as the MuJoCo tasks
+    return d3rlpy.dataset.MDPDataset(
+        observations=rng.standard_normal((n, obs_dim)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+        rewards=rng.standard_normal(n).astype(np.float32),
+        terminals=terminals,
+        timeouts=timeouts,
+    )
+
+
+def main() -> None:
+    import d3rlpy
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agent", choices=["td3bc", "td3", "sac"], required=True)
+    parser.add_argument("--steps", type=int, default=2000)
+    args = parser.parse_args()
+    config = {
+        "td3bc": d3rlpy.algos.TD3PlusBCConfig,
+        "td3": d3rlpy.algos.TD3Config,
+        "sac": d3rlpy.algos.SACConfig,
+    }[args.agent](batch_size=256)
+    algo = config.create(device="cpu:0")
+    dataset = make_dataset()
+    algo.build_with_dataset(dataset)
+    kwargs = dict(show_progress=False, save_interval=10**9, logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+    algo.fit(dataset, n_steps=200, n_steps_per_epoch=200, **kwargs)  # warm-up
+    start = time.perf_counter()
+    algo.fit(dataset, n_steps=args.steps, n_steps_per_epoch=args.steps, **kwargs)
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"library": f"d3rlpy {d3rlpy.__version__}", "agent": args.agent,
+                      "updates_per_second": round(args.steps / elapsed, 1), "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()
