@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from worldmodels.ensemble import ProbabilisticEnsemble
+from worldmodels.ensemble import ProbabilisticEnsemble, make_adam
 from worldmodels.termination import TerminationFn, rule_name, termination_fn_for
 
 _FORMAT = "o2o-worldmodels/dynamics-ensemble/v1"
@@ -63,14 +63,6 @@ class StepResult:
     rew: Tensor
     terminal: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)
-
-
-def _make_adam(params, lr: float) -> torch.optim.Adam:
-    """Fused Adam where available (CPU and CUDA in torch >= 2.4), else the foreach implementation."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 class DynamicsEnsemble(nn.Module):
@@ -150,7 +142,7 @@ class DynamicsEnsemble(nn.Module):
         self.register_buffer("target_std", torch.ones(out_dim, device=dev))
         self.register_buffer("elite_indices", torch.arange(self.num_elites, device=dev))
         self.register_buffer("holdout_mse", torch.full((self.ensemble_size,), math.inf, device=dev))
-        self.optimizer = _make_adam(self.net.optimizer_param_groups(), self.lr)
+        self.optimizer = make_adam(self.net.optimizer_param_groups(), self.lr)
         # Rows per forward pass in predict(); on CPU small chunks stay in cache (not saved, a runtime knob).
         self.predict_chunk: int | None = 1024 if self.device.type == "cpu" else None
 
@@ -165,7 +157,7 @@ class DynamicsEnsemble(nn.Module):
                 nn.SiLU(),
                 nn.Linear(200, 1),
             ).to(dev)
-            self.termination_optimizer = _make_adam(self.termination_head.parameters(), 1e-3)
+            self.termination_optimizer = make_adam(self.termination_head.parameters(), 1e-3)
 
     # ------------------------------------------------------------------ normalization
 

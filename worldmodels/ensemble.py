@@ -153,3 +153,13 @@ class ProbabilisticEnsemble(nn.Module):
         others = [layer.bias for layer in self.layers] + [self.max_logvar, self.min_logvar]
         groups.append({"params": others, "weight_decay": 0.0})
         return groups
+
+
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    """Fused Adam where available (CPU and CUDA in torch >= 2.4), else the foreach implementation.
+    Shared by the dynamics ensemble and every agent's networks."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from worldmodels.ensemble import EnsembleLinear
+from worldmodels.ensemble import EnsembleLinear, make_adam
 
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256), activation=nn.ReLU) -> nn.Sequential:
@@ -121,9 +121,4 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 def adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
-    """Fused Adam (one kernel for all parameters; CPU and CUDA in torch >= 2.4), else foreach."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
+    return make_adam(params, lr)
