@@ -61,7 +61,7 @@ TINY_BUDGET = {
 #: keeps some real updates inside the 60-step budget
 ONLINE_ONLY = {"td3": {"trainer.warmup_steps": "20"}, "sac": {"trainer.warmup_steps": "20"}}
 #: model-based agents: a few seconds of model fitting and small rollout rounds every 30 updates
-_MODEL = {"world_model.fit_max_seconds": "3", "world_model.hidden": "[64,64]", "rollout.num_starts": "64",
+_MODEL = {"world_model.fit_max_epochs": "5", "world_model.hidden": "[64,64]", "rollout.num_starts": "64",
           "rollout.every": "30"}
 MODEL_BASED = {"mopo": _MODEL, "moore": _MODEL | {"world_model.refit_every": "30"}}
 AGENT_OVERRIDES = ONLINE_ONLY | MODEL_BASED

@@ -44,7 +44,7 @@ TINY = {
     "experiment": "smoke",
     "dataset.size": "600",
     "dataset.train_steps": "600",
-    "world_model.fit_max_seconds": "3",
+    "world_model.fit_max_epochs": "5",
     "num_states": "200",
     "trainer.progress": "false",
 }

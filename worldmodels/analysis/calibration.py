@@ -570,7 +570,7 @@ def fit_data(ds: OfflineDataset, device: torch.device) -> dict[str, Tensor]:
 
 
 def fit_model(cfg: CalibrationConfig, ds: OfflineDataset, device: torch.device) -> tuple[DynamicsEnsemble, dict]:
-    """A DynamicsEnsemble with the world_model settings, fitted on ds (capped by world_model.fit_max_seconds).
+    """A DynamicsEnsemble with the world_model settings, fitted on ds (capped by world_model.fit_max_epochs / fit_max_seconds).
 
     No termination head is learned (calibration never reads terminations); a known rule is kept by env id.
     """
@@ -657,7 +657,7 @@ def run(cfg: CalibrationConfig, run_dir: Path) -> dict:
         w = cfg.world_model
         print(
             f"calibration: fitting a {w.ensemble_size}-member ensemble on {train_ds.dataset_id} "
-            f"(max {w.fit_max_seconds} s)",
+            f"(max epochs {w.fit_max_epochs}, max seconds {w.fit_max_seconds})",
             file=sys.stderr,
         )
         model, fit_info = fit_model(cfg, train_ds, device)
