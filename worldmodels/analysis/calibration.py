@@ -570,7 +570,7 @@ def fit_data(ds: OfflineDataset, device: torch.device) -> dict[str, Tensor]:
 
 
 def fit_model(cfg: CalibrationConfig, ds: OfflineDataset, device: torch.device) -> tuple[DynamicsEnsemble, dict]:
-    """A DynamicsEnsemble with the world_model settings, fitted on ds (capped by world_model.fit_max_epochs / fit_max_seconds).
+    """A DynamicsEnsemble with the world_model settings, fitted on ds (capped by fit_max_epochs / fit_max_seconds).
 
     No termination head is learned (calibration never reads terminations); a known rule is kept by env id.
     """
