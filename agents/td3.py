@@ -60,9 +60,12 @@ class TD3(Agent):
         action = self.actor(self.normalizer(obs))
         if deterministic:
             return action
-        noise = torch.randn_like(action) * self.cfg.exploration_noise * self.actor.act_scale
-        return torch.maximum(torch.minimum(action + noise, self.spec.act_high.to(self.device)),
-                             self.spec.act_low.to(self.device))
+        return self.clip_action(action + torch.randn_like(action) * self.cfg.exploration_noise * self.actor.act_scale)
+
+    def clip_action(self, action: Tensor) -> Tensor:
+        """Clamp into the env's bounds (the actor's scale/bias buffers already live on the device)."""
+        scale, bias = self.actor.act_scale, self.actor.act_bias
+        return torch.maximum(torch.minimum(action, bias + scale), bias - scale)
 
     # --- losses ------------------------------------------------------------------
     def td_target(self, batch: Batch, next_obs: Tensor) -> Tensor:
@@ -72,8 +75,7 @@ class TD3(Agent):
             noise = (torch.randn_like(batch.act) * self.cfg.policy_noise * scale).clamp(
                 -self.cfg.noise_clip * scale, self.cfg.noise_clip * scale
             )
-            next_act = torch.maximum(torch.minimum(self.actor_target(next_obs) + noise, scale + self.actor.act_bias),
-                                     -scale + self.actor.act_bias)
+            next_act = self.clip_action(self.actor_target(next_obs) + noise)
             next_q = self.critic_target(next_obs, next_act).min(0).values  # [B]
             return batch.rew + self.cfg.gamma * (1.0 - batch.terminal) * next_q
 

@@ -33,15 +33,6 @@ SIGMA = torch.tensor([0.05, 0.1, 0.2])
 SIGMA_R = 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    # Small matmuls gain nothing from a second thread, and OpenMP spin-waits badly when the other core is
-    # busy (the whole file runs about 10x faster on a loaded 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def assert_close(actual, expected, rtol: float = 1.3e-6, atol: float = 1e-5) -> None:
     """Like torch.testing.assert_close for float tensors, without its multi-second first-call import."""
