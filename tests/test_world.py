@@ -159,3 +159,37 @@ def test_moore_priorities_follow_one_over_alpha_t():
         expected_offline = round(1000 * 400 * priority / (400 * priority + 100))
         from_offline = (batch.obs.unsqueeze(1) == offline.data["obs"].unsqueeze(0)).all(-1).any(1).sum()
         assert abs(int(from_offline) - expected_offline) <= 1
+
+
+def compose_run_config(agent: str, overrides: list[str]):
+    """The RunConfig a CLI call `python -m agents.<agent> OVERRIDES` would run with."""
+    import importlib
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from agents.core.config import RunConfig
+    from agents.core.entry import CONFIG_DIR
+
+    mod = importlib.import_module(f"agents.{agent}")
+    config_cls = {"td3bc": "TD3BCConfig", "mopo": "MOPOConfig"}[agent]
+    ConfigStore.instance().store(name=f"{agent}_schema", node=RunConfig(agent=getattr(mod, config_cls)()))
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return OmegaConf.to_object(compose(config_name=agent, overrides=overrides))
+
+
+def test_uncertainty_and_precision_overrides_reach_the_world_model():
+    from agents.core.config import ConfigError, check_run_config
+
+    cfg = compose_run_config("td3bc", ["world_model=ensemble", "rollout.horizon=5", "uncertainty=disagreement"])
+    assert (cfg.world_model.kind, cfg.world_model.uncertainty, cfg.rollout.horizon) == ("ensemble", "disagreement", 5)
+    assert compose_run_config("mopo", []).world_model.uncertainty == "aleatoric"  # MOPO's own default
+    assert compose_run_config("mopo", []).world_model.train_precision == "auto"
+    bad = compose_run_config("mopo", ["world_model.train_precision=float16"])
+    with pytest.raises(ConfigError, match="train_precision"):
+        check_run_config(bad)
+    world = make_world_model(WorldModelConfig(kind="ensemble", hidden=[8], train_precision="float32",
+                                              termination="none"), RolloutConfig(horizon=1), OBS, ACT, None,
+                             torch.device("cpu"))
+    assert world.model.train_precision == "float32"

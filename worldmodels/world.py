@@ -37,6 +37,9 @@ class WorldModelConfig:
     uncertainty_members: str = "all"  # all | elites: members the estimator reads (MOPO reference: all)
     termination: str = "auto"  # auto: the env's known rule, else a learned head | learned | none
     propagation: str = "random_elite"  # random_elite (MBPO/MOPO) | mean
+    # auto: bf16 autocast for fitting where the device multiplies bf16 natively, else float32 (our choice, measured
+    # to fit as well as float32 by benchmarks/model_precision.py; see DynamicsEnsemble) | float32 | bfloat16
+    train_precision: str = "auto"
     fit_max_epochs: int | None = None  # None = early stopping only (MOPO)
     fit_max_seconds: float | None = None  # wall-clock cap per fit (None = none)
     refit_every: int = 0  # online env steps between refits on offline + online data (0 = never)
@@ -82,7 +85,8 @@ class WorldModel:
         else:
             self.model = DynamicsEnsemble(
                 obs_dim, act_dim, cfg.ensemble_size, cfg.num_elites, cfg.hidden, cfg.lr, weight_decays(cfg),
-                termination_fn=rule, learn_termination=rule is None and cfg.termination != "none", device=device,
+                termination_fn=rule, learn_termination=rule is None and cfg.termination != "none",
+                train_precision=cfg.train_precision, device=device,
             )
         self.uncertainty = make_uncertainty(cfg.uncertainty, self.model, members=cfg.uncertainty_members)
         r = rollout_cfg

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from worldmodels.dynamics import TRAIN_PRECISIONS
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import KINDS, WorldModelConfig
 
@@ -113,6 +114,9 @@ def check_run_config(cfg: RunConfig) -> None:
         if w.uncertainty not in ("aleatoric", "disagreement", "ensemble_std", "total_variance"):
             raise ConfigError(f"uncertainty={w.uncertainty!r} is not a dynamics estimator; choose aleatoric, "
                               "disagreement, ensemble_std or total_variance.")
+        if w.train_precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"world_model.train_precision={w.train_precision!r}: choose one of "
+                              f"{', '.join(TRAIN_PRECISIONS)}.")
         if w.termination not in ("auto", "learned", "none"):
             raise ConfigError(f"world_model.termination={w.termination!r}: choose auto, learned or none.")
         if not 1 <= w.num_elites <= w.ensemble_size:
