@@ -21,7 +21,10 @@ from agents.sac import SAC, SACConfig
 @dataclass
 class MOPOConfig(SACConfig):
     name: str = "mopo"
-    # SAC hyperparameters as in MOPO's code (256x2, lr 3e-4, auto-alpha; OfflineRL-Kit's MOPO)
+    # SAC as in the common MOPO reference (OfflineRL-Kit's run_mopo): 256x2, critic lr 3e-4, auto-alpha from 1,
+    # but a slower actor and temperature. (Its cosine decay of the actor lr over 3M updates is left out.)
+    actor_lr: float = 1e-4
+    alpha_lr: float = 1e-4
 
 
 class MOPO(SAC):

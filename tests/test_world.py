@@ -3,6 +3,8 @@ equivalence, and MOORe's priorities."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 
@@ -92,10 +94,15 @@ class OfflineSAC(SAC):
     uses_offline_data = True  # plain SAC fed the offline data, no world model at all
 
 
+def sac_config_of(mopo_cfg: MOPOConfig) -> SACConfig:
+    """SAC with MOPO's hyperparameters (MOPO changes the actor and temperature learning rates)."""
+    return SACConfig(**{f.name: getattr(mopo_cfg, f.name) for f in fields(SACConfig) if f.name != "name"})
+
+
 @pytest.mark.parametrize("horizon,real_ratio", [(0, 0.05), (5, 1.0)])
 def test_mopo_with_null_world_makes_exactly_the_sac_update(tmp_path, horizon, real_ratio):
     torch.manual_seed(0)
-    sac = OfflineSAC(SACConfig(**SMALL), SPEC, torch.device("cpu"))
+    sac = OfflineSAC(sac_config_of(MOPOConfig(**SMALL)), SPEC, torch.device("cpu"))
     _trainer(sac, None, tmp_path / "sac").run()
     torch.manual_seed(0)
     mopo = MOPO(MOPOConfig(**SMALL), SPEC, torch.device("cpu"))
@@ -110,7 +117,7 @@ def test_mopo_with_null_world_makes_exactly_the_sac_update(tmp_path, horizon, re
 def test_model_based_mopo_differs_and_fills_its_store(tmp_path):
     """The control for the test above: with imagined data the update must change."""
     torch.manual_seed(0)
-    sac = OfflineSAC(SACConfig(**SMALL), SPEC, torch.device("cpu"))
+    sac = OfflineSAC(sac_config_of(MOPOConfig(**SMALL)), SPEC, torch.device("cpu"))
     _trainer(sac, None, tmp_path / "sac").run()
     torch.manual_seed(0)
     mopo = MOPO(MOPOConfig(**SMALL), SPEC, torch.device("cpu"))
