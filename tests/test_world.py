@@ -193,6 +193,8 @@ def test_uncertainty_and_precision_overrides_reach_the_world_model():
     assert (cfg.world_model.kind, cfg.world_model.uncertainty, cfg.rollout.horizon) == ("ensemble", "disagreement", 5)
     assert compose_run_config("mopo", []).world_model.uncertainty == "aleatoric"  # MOPO's own default
     assert compose_run_config("mopo", []).world_model.train_precision == "auto"
+    with pytest.raises(ConfigError, match="world_model=ensemble"):  # an estimator without a model: say so
+        check_run_config(compose_run_config("td3bc", ["uncertainty=disagreement"]))
     bad = compose_run_config("mopo", ["world_model.train_precision=float16"])
     with pytest.raises(ConfigError, match="train_precision"):
         check_run_config(bad)

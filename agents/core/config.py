@@ -104,6 +104,9 @@ def check_run_config(cfg: RunConfig) -> None:
     w, r = cfg.world_model, cfg.rollout
     if w.kind not in KINDS:
         raise ConfigError(f"world_model={w.kind!r} is unknown; choose one of {', '.join(KINDS)}.")
+    if w.kind == "none" and w.uncertainty != WorldModelConfig.uncertainty:
+        raise ConfigError(f"uncertainty={w.uncertainty} has no effect without a world model; add "
+                          "world_model=ensemble (and rollout.horizon > 0) to penalize imagined rollouts with it.")
     if w.kind != "none":
         if r.horizon < 0 or r.num_starts <= 0 or r.every <= 0 or r.keep_rounds <= 0 or r.chunk <= 0:
             raise ConfigError("rollout.horizon must be >= 0 and rollout.num_starts/every/keep_rounds/chunk positive.")
