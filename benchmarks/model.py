@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import torch
 
+from agents.core.config import ConfigError, resolve_device
 from worldmodels.dynamics import DynamicsEnsemble, native_bf16
 from worldmodels.uncertainty import AleatoricMax
 
@@ -167,13 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per contender, split over the rounds")
     parser.add_argument("--rounds", type=int, default=8, help="slices per contender, taken in turn")
-    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:1 ...")
     parser.add_argument("--no-mbrl", action="store_true", help="skip mbrl-lib even if it is installed")
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        parser.error(str(err))  # one line, exit status 2
     compare = not args.no_mbrl
     if compare:
         try:

@@ -16,7 +16,7 @@ import statistics
 
 import torch
 
-from worldmodels.data.minari_io import load_offline_dataset
+from worldmodels.data.minari_io import DatasetError, load_offline_dataset
 from worldmodels.dynamics import DynamicsEnsemble
 
 DEFAULT_DATASET_ID = "o2o/HalfCheetah-v5/medium-replay-s20000-t30000-seed0-v0"  # configs/dataset/default.yaml
@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30, help="max epochs per fit (the quick preset's cap)")
     args = parser.parse_args(argv)
-    ds = load_offline_dataset(args.dataset)
+    if args.seeds < 1 or args.epochs < 1:
+        parser.error("--seeds and --epochs must be at least 1")
+    try:
+        ds = load_offline_dataset(args.dataset)
+    except DatasetError as err:
+        parser.error(str(err))  # names the local IDs and how to build one; exit status 2
     fields = {"obs": ds.observations, "act": ds.actions, "rew": ds.rewards, "next_obs": ds.next_observations,
               "terminal": ds.terminations}
     data = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in fields.items()}

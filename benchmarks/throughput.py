@@ -22,7 +22,7 @@ import time
 import torch
 
 from agents.core.agent import EnvSpec
-from agents.core.config import resolve_device
+from agents.core.config import ConfigError, resolve_device
 from worldmodels.data.samplers import UniformSampler
 from worldmodels.data.store import TransitionStore
 from worldmodels.rollout import RolloutConfig
@@ -95,7 +95,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    print(json.dumps(measure(args.agent, args.seconds, resolve_device(args.device))))
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        parser.error(str(err))  # one line, exit status 2
+    print(json.dumps(measure(args.agent, args.seconds, device)))
 
 
 if __name__ == "__main__":
