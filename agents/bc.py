@@ -16,6 +16,7 @@ from torch import Tensor
 from agents.core.agent import Agent, EnvSpec
 from agents.core.networks import DeterministicActor, ObsNormalizer, adam
 from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.progress import Progress
 
 
 @dataclass
@@ -47,7 +48,7 @@ class BC(Agent):
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         return self.actor(self.normalizer(obs))
 
-    def update(self, batch: Batch) -> dict[str, Tensor]:
+    def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         loss, info = bc_loss(self.actor(self.normalizer(batch.obs)), batch.act)
         self.optimizers["actor"].zero_grad(set_to_none=True)
         loss.backward()

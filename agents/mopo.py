@@ -15,21 +15,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
+from agents.core.networks import cosine_lr, set_lr
 from agents.sac import SAC, SACConfig
+from worldmodels.data.store import Batch
+from worldmodels.progress import Progress
 
 
 @dataclass
 class MOPOConfig(SACConfig):
     name: str = "mopo"
     # SAC as in the common MOPO reference (OfflineRL-Kit's run_mopo): 256x2, critic lr 3e-4, auto-alpha from 1,
-    # but a slower actor and temperature. (Its cosine decay of the actor lr over 3M updates is left out.)
+    # but a slower actor and temperature.
     actor_lr: float = 1e-4
     alpha_lr: float = 1e-4
+    # constant | cosine: OfflineRL-Kit's run_mopo anneals the actor lr to 0 over the offline phase (CosineAnnealingLR
+    # stepped per 1000-update epoch; here per update). Online the last offline lr is kept.
+    actor_lr_schedule: str = "constant"
 
 
 class MOPO(SAC):
-    uses_offline_data = True
-
+    def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        if self.cfg.actor_lr_schedule == "cosine":
+            # a function of progress, not a stateful scheduler: resumes exactly by construction
+            done = min(progress.offline_updates, progress.offline_budget) / max(progress.offline_budget, 1)
+            set_lr(self.optimizers["actor"], cosine_lr(self.cfg.actor_lr, done))
+        return super().update(batch, progress)
 
 def main() -> None:
     from agents.core.entry import run

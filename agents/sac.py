@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from agents.core.agent import Agent, EnvSpec
 from agents.core.networks import CriticEnsemble, ObsNormalizer, TanhGaussianActor, adam, soft_update
 from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.progress import Progress
 
 
 @dataclass
@@ -34,8 +35,6 @@ class SACConfig:
 
 
 class SAC(Agent):
-    uses_offline_data = False
-
     def __init__(self, cfg: SACConfig, spec: EnvSpec, device: torch.device):
         super().__init__(cfg, spec, device)
         self.normalizer = ObsNormalizer(spec.obs_dim)
@@ -97,7 +96,7 @@ class SAC(Agent):
         loss.backward()
         opt.step()
 
-    def update(self, batch: Batch) -> dict[str, Tensor]:
+    def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
         critic_loss, info = self.critic_loss(batch, obs, next_obs)
         self.step("critic", critic_loss)

@@ -15,6 +15,7 @@ from torch import Tensor
 from agents.core.agent import Agent, EnvSpec
 from agents.core.networks import CriticEnsemble, DeterministicActor, ObsNormalizer, adam, soft_update
 from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.progress import Progress
 
 
 @dataclass
@@ -33,8 +34,6 @@ class TD3Config:
 
 
 class TD3(Agent):
-    uses_offline_data = False
-
     def __init__(self, cfg: TD3Config, spec: EnvSpec, device: torch.device):
         super().__init__(cfg, spec, device)
         scale, bias = spec.act_scale, spec.act_bias
@@ -91,7 +90,7 @@ class TD3(Agent):
         return loss, {"loss/actor": loss.detach()}
 
     # --- update ------------------------------------------------------------------
-    def update(self, batch: Batch) -> dict[str, Tensor]:
+    def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
         loss, info = self.critic_loss(batch, obs, next_obs)
         self.optimizers["critic"].zero_grad(set_to_none=True)

@@ -34,8 +34,6 @@ def td3bc_actor_loss(q: Tensor, policy_act: Tensor, data_act: Tensor, alpha: flo
 
 
 class TD3BC(TD3):
-    uses_offline_data = True
-
     def actor_loss(self, batch: Batch, obs: Tensor) -> tuple[Tensor, dict]:
         policy_act = self.actor(obs)
         q = self.critic(obs, policy_act)[0]

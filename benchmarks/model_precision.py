@@ -16,7 +16,7 @@ import statistics
 
 import torch
 
-from worldmodels.data.minari_io import DatasetError, load_offline_dataset
+from worldmodels.data.minari_load import DatasetError, load_offline_dataset
 from worldmodels.dynamics import DynamicsEnsemble
 
 DEFAULT_DATASET_ID = "o2o/HalfCheetah-v5/medium-replay-s20000-t30000-seed0-v0"  # configs/dataset/default.yaml

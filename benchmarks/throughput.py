@@ -23,8 +23,9 @@ import torch
 
 from agents.core.agent import EnvSpec
 from agents.core.config import ConfigError, resolve_device
-from worldmodels.data.samplers import UniformSampler
+from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
 from worldmodels.data.store import TransitionStore
+from worldmodels.progress import Progress
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
 
@@ -57,13 +58,15 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
     agent = getattr(mod, cls_name)(getattr(mod, cfg_name)(), spec, device)
     store = synthetic_store(100_000, 17, 6, device)
     agent.on_offline_start(store)
-    real = UniformSampler(store)
     world = None
     if agent_name in MODEL_BASED:
         world = make_world_model(WorldModelConfig(kind="ensemble", fit_max_epochs=1), RolloutConfig(),
                                  17, 6, "HalfCheetah-v5", device)
         world.fit(store_fit_data(store))
-    sampler = world.sampler(real) if world is not None else real
+    # the trainer's data path: offline rows, plus imagined rows for model-based agents
+    sources = Sources(store, TransitionStore(1, 17, 6, device, source="online"), world.store if world else None)
+    sampler = make_sampler(SamplerConfig(), sources, world.rollout_cfg.real_ratio if world else 1.0)
+    progress = Progress("offline", 0, 0, 0, 10**9, 0)
     total = 0
 
     def run_for(budget: float) -> int:
@@ -72,8 +75,8 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
         while time.perf_counter() - start < budget:
             for _ in range(50):
                 if world is not None and world.due(total):
-                    world.generate(lambda o: agent.act(o), real)
-                agent.update(sampler.sample(batch_size))
+                    world.generate(lambda o: agent.act(o), lambda n: sampler.sample_real(n, progress))
+                agent.update(sampler.sample(batch_size, progress), progress)
                 total += 1
             n += 50
         if device.type == "cuda":

@@ -59,7 +59,8 @@ TINY_BUDGET = {
 }
 #: online-only agents start with `warmup_steps` (500 in their configs) of random actions; 20
 #: keeps some real updates inside the 60-step budget
-ONLINE_ONLY = {"td3": {"trainer.warmup_steps": "20"}, "sac": {"trainer.warmup_steps": "20"}}
+ONLINE_ONLY = {"td3": {"trainer.warmup_steps": "20", "trainer.offline_updates": "0"},
+               "sac": {"trainer.warmup_steps": "20", "trainer.offline_updates": "0"}}
 #: model-based agents: a few seconds of model fitting and small rollout rounds every 30 updates
 _MODEL = {"world_model.fit_max_epochs": "5", "world_model.hidden": "[64,64]", "rollout.num_starts": "64",
           "rollout.every": "30"}
@@ -156,9 +157,10 @@ def session_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset_id() -> str:
     """A tiny D4RL-style HalfCheetah medium-replay dataset, built once per session (~25 s)."""
+    from agents.core.behaviour import SACBehaviour
     from worldmodels.data.recipes import Recipe, build
 
-    return build(Recipe(**TINY_RECIPE), device="cpu", progress=False)
+    return build(Recipe(**TINY_RECIPE), SACBehaviour(), device="cpu", progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +169,7 @@ def nan_rewards_dataset_id() -> str:
     import gymnasium as gym
     import numpy as np
 
-    from worldmodels.data.minari_io import write_minari_dataset
+    from worldmodels.data.minari_write import write_minari_dataset
 
     env = gym.make("HalfCheetah-v5")
     obs, _ = env.reset(seed=0)
@@ -194,10 +196,10 @@ def cli_error_runs(session_dir, nan_rewards_dataset_id) -> dict[str, Pending]:
     runs = {
         "missing_id": Pending(agent_cmd("td3bc", d / "missing_id", MISSING_DATASET_ID), d / "missing_id"),
         "offline_share": Pending(agent_cmd("td3bc", d / "share", MISSING_DATASET_ID,
-                                           **{"trainer.offline_share": "1.5"}), d / "share"),
+                                           **{"sampler.offline_share": "1.5"}), d / "share"),
         "device": Pending(agent_cmd("td3bc", d / "device", MISSING_DATASET_ID, device="tpu"), d / "device"),
         "nan_rewards": Pending(agent_cmd("td3bc", d / "nan", nan_rewards_dataset_id), d / "nan"),
-        "make_quality": Pending([sys.executable, "-m", "worldmodels.data.make", "env_id=HalfCheetah-v5",
+        "make_quality": Pending([sys.executable, "-m", "agents.tools.make_dataset", "env_id=HalfCheetah-v5",
                                  "quality=bogus"]),
     }
     return {k: p.start() for k, p in runs.items()}

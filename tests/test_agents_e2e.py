@@ -11,7 +11,8 @@ import csv
 import pytest
 from conftest import AGENTS, MISSING_DATASET_ID, MODEL_BASED
 
-from worldmodels.data.minari_io import dataset_exists, recipe_dataset_id
+from worldmodels.data.minari_load import dataset_exists
+from worldmodels.data.minari_write import recipe_dataset_id
 
 REQUIRED_SUMMARY = ("agent", "dataset_id", "seed", "offline_score", "online_score", "offline_return",
                     "online_return", "updates", "env_steps", "seconds")
@@ -66,14 +67,14 @@ def test_agent_cli_end_to_end(agent_runs, tiny_dataset_id, name):
 def test_missing_dataset_id(cli_error_runs):
     result = cli_error_runs["missing_id"].result()
     assert result.returncode == 2, result.describe()
-    assert MISSING_DATASET_ID in result.stderr and "worldmodels.data.make" in result.stderr, result.describe()
+    assert MISSING_DATASET_ID in result.stderr and "agents.tools.make_dataset" in result.stderr, result.describe()
     assert "Traceback" not in result.stderr
 
 
 def test_offline_share_out_of_range(cli_error_runs):
     result = cli_error_runs["offline_share"].result()
     assert result.returncode == 2, result.describe()
-    assert "trainer.offline_share" in result.stderr and "1.5" in result.stderr, result.describe()
+    assert "sampler.offline_share" in result.stderr and "1.5" in result.stderr, result.describe()
     assert MISSING_DATASET_ID not in result.stderr  # rejected before any data is looked up
 
 

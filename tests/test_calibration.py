@@ -1,5 +1,6 @@
-"""worldmodels.analysis.calibration: rank metrics on hand examples, segments that never cross an episode end,
-the config checks, and `python -m worldmodels.analysis.calibration` end to end on a tiny recipe dataset.
+"""worldmodels.analysis (metrics, evaluation, report) and agents.tools.calibration: rank metrics on hand examples,
+segments that never cross an episode end, the config checks, and `python -m agents.tools.calibration` end to end
+on a tiny recipe dataset.
 
 The CLI runs start in the background when the module's first test begins (a module fixture) and are
 awaited by the last tests, so the in-process tests overlap with the dataset build.
@@ -19,23 +20,11 @@ import torch
 from conftest import REPO_ROOT, cli_env
 
 from agents.core.config import ConfigError
-from worldmodels.analysis.calibration import (
-    DYNAMICS_ESTIMATORS,
-    CalibrationConfig,
-    HeldoutConfig,
-    auroc,
-    average_ranks,
-    check_compatible,
-    check_config,
-    evaluate,
-    markdown,
-    score,
-    segment_starts,
-    spearman,
-    summarize,
-    top_error_labels,
-)
-from worldmodels.data.minari_io import DatasetError, OfflineDataset
+from agents.tools.calibration import CalibrationConfig, HeldoutConfig, check_config
+from worldmodels.analysis.evaluation import DYNAMICS_ESTIMATORS, check_compatible, evaluate, segment_starts, summarize
+from worldmodels.analysis.metrics import auroc, average_ranks, score, spearman, top_error_labels
+from worldmodels.analysis.report import markdown
+from worldmodels.data.minari_load import DatasetError, OfflineDataset
 from worldmodels.dynamics import DynamicsEnsemble
 
 torch.set_num_threads(1)
@@ -65,7 +54,7 @@ _REPORT = {
 
 def _cli(run_dir: Path, **overrides: str) -> list[str]:
     args = TINY | overrides | {"hydra.run.dir": str(run_dir)}
-    return [sys.executable, "-m", "worldmodels.analysis.calibration", *(f"{k}={v}" for k, v in args.items())]
+    return [sys.executable, "-m", "agents.tools.calibration", *(f"{k}={v}" for k, v in args.items())]
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +232,7 @@ def test_heldout_from_another_env_is_refused():
 
 def test_cli_bad_estimator_exits_2(tmp_path, monkeypatch, capsys):
     """The hydra entry in-process (a subprocess would cost ~5 s of imports): one error line, exit status 2."""
-    from worldmodels.analysis.calibration import main
+    from agents.tools.calibration import main
 
     argv = ["calibration", "estimators=[aleatoric,bogus]", f"hydra.run.dir={tmp_path}"]
     monkeypatch.setattr(sys, "argv", argv)

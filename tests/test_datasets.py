@@ -1,4 +1,5 @@
-"""Tests for worldmodels.data.minari_io: write -> load round trip through a real Minari store.
+"""Tests for worldmodels.data.minari_load / validate / minari_write: write -> load round trip through a real
+Minari store.
 
 Every test runs against a temporary MINARI_DATASETS_PATH; the user's ~/.minari is never touched.
 """
@@ -16,16 +17,10 @@ import minari
 import numpy as np
 import pytest
 
-from worldmodels.data import minari_io
-from worldmodels.data.minari_io import (
-    DatasetError,
-    OfflineDataset,
-    dataset_exists,
-    load_offline_dataset,
-    recipe_dataset_id,
-    validate,
-    write_minari_dataset,
-)
+from worldmodels.data import minari_load
+from worldmodels.data.minari_load import DatasetError, OfflineDataset, dataset_exists, load_offline_dataset
+from worldmodels.data.minari_write import recipe_dataset_id, write_minari_dataset
+from worldmodels.data.validate import validate
 
 REF_MIN, REF_MAX = -280.0, 12135.0
 CHEETAH_ID = recipe_dataset_id("HalfCheetah-v5", "random", 15, 0, 0)
@@ -247,7 +242,7 @@ def test_recipe_dataset_id_is_valid_and_unique():
     assert len(ids) == 4 * 2 * 2 * 2 * 2
     for ds_id in ids:
         parse_dataset_id(ds_id)
-        assert minari_io.DATASET_ID_PATTERN.fullmatch(ds_id)
+        assert minari_load.DATASET_ID_PATTERN.fullmatch(ds_id)
     with pytest.raises(ValueError):
         recipe_dataset_id("Hopper-v5", "medium", 1.5, 0, 0)
 
@@ -263,14 +258,14 @@ def test_unknown_id_fails_fast_without_download(store, monkeypatch):
     msg = str(info.value)
     assert "o2o/nope/missing-v0" in msg and "not in the local Minari store" in msg
     assert CHEETAH_ID in msg and HOPPER_ID in msg  # local IDs are listed
-    assert "python -m worldmodels.data.make" in msg
+    assert "python -m agents.tools.make_dataset" in msg
     assert time.perf_counter() - t0 < 5
 
 
 def test_unknown_id_with_real_download_attempt_fails_fast(tmp_path, monkeypatch):
     # no network (or no huggingface_hub) here: the attempt must fail quickly and cleanly
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    monkeypatch.setenv(minari_io.DOWNLOAD_TIMEOUT_ENV, "15")
+    monkeypatch.setenv(minari_load.DOWNLOAD_TIMEOUT_ENV, "15")
     t0 = time.perf_counter()
     with pytest.raises(DatasetError, match="not downloadable"):
         load_offline_dataset("mujoco/halfcheetah/nonexistent-v0", download=True)
@@ -280,7 +275,7 @@ def test_unknown_id_with_real_download_attempt_fails_fast(tmp_path, monkeypatch)
 
 def test_hanging_download_is_guarded(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    monkeypatch.setenv(minari_io.DOWNLOAD_TIMEOUT_ENV, "0.3")
+    monkeypatch.setenv(minari_load.DOWNLOAD_TIMEOUT_ENV, "0.3")
     release = threading.Event()
     monkeypatch.setattr(minari, "download_dataset", lambda *a, **k: release.wait(10))
     t0 = time.perf_counter()

@@ -12,9 +12,9 @@ import torch
 
 from agents.core.agent import EnvSpec
 from agents.core.config import TrainerConfig
-from agents.core.envs import box_bounds, make_env, run_episodes
 from agents.core.trainer import Trainer, seed_everything
 from agents.sac import SAC, SACConfig
+from worldmodels.envs import box_bounds, make_env, run_episodes
 
 ENV_ID = "Pendulum-v1"
 SEED = 0

@@ -16,6 +16,7 @@ from agents.sac import SAC, SACConfig
 from agents.td3 import TD3, TD3Config
 from agents.td3bc import td3bc_actor_loss
 from worldmodels.data.store import Batch
+from worldmodels.progress import Progress
 
 CPU = torch.device("cpu")
 # asymmetric, exactly representable bounds: scale (1.5, 0.5, 1), bias (0.5, 0.5, -2)
@@ -190,7 +191,7 @@ def test_sac_update_with_fixed_alpha_keeps_alpha_and_moves_only_its_nets():
     torch.manual_seed(0)
     agent = SAC(SACConfig(hidden=[8, 8], auto_alpha=False, init_alpha=0.05), SPEC, CPU)
     before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, torch.Tensor)}
-    agent.update(make_batch(16))
+    agent.update(make_batch(16), Progress("offline", 0, 0, 0, 1, 0))
     after = agent.state_dict()
     assert agent.alpha.item() == pytest.approx(0.05)
     assert torch.equal(after["log_alpha"], before["log_alpha"])

@@ -17,10 +17,10 @@ from conftest import agent_cmd, run_cli
 from agents.core.agent import EnvSpec
 from agents.core.config import TrainerConfig
 from agents.core.entry import offline_store
-from agents.core.envs import box_bounds
 from agents.core.trainer import Trainer, seed_everything
 from agents.td3bc import TD3BC, TD3BCConfig
-from worldmodels.data.minari_io import load_offline_dataset
+from worldmodels.data.minari_load import load_offline_dataset
+from worldmodels.envs import box_bounds
 
 CPU = torch.device("cpu")
 EPISODE = 25  # short HalfCheetah episodes: evaluation is cheap and the online phase crosses resets

@@ -11,12 +11,12 @@ import torch
 from agents.core.agent import EnvSpec
 from agents.core.config import TrainerConfig
 from agents.core.trainer import Trainer
-from agents.moore import MOORe, MOOReConfig, PriorityMixture, offline_priority
 from agents.mopo import MOPO, MOPOConfig
 from agents.sac import SAC, SACConfig
-from worldmodels.data.samplers import UniformSampler
+from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler, moore_offline_priority
 from worldmodels.data.store import TransitionStore
 from worldmodels.dynamics import StepResult
+from worldmodels.progress import Progress
 from worldmodels.rollout import RolloutConfig, penalized_reward, rollout
 from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
 
@@ -90,10 +90,6 @@ def _params(module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
 
-class OfflineSAC(SAC):
-    uses_offline_data = True  # plain SAC fed the offline data, no world model at all
-
-
 def sac_config_of(mopo_cfg: MOPOConfig) -> SACConfig:
     """SAC with MOPO's hyperparameters (MOPO changes the actor and temperature learning rates)."""
     return SACConfig(**{f.name: getattr(mopo_cfg, f.name) for f in fields(SACConfig) if f.name != "name"})
@@ -102,7 +98,7 @@ def sac_config_of(mopo_cfg: MOPOConfig) -> SACConfig:
 @pytest.mark.parametrize("horizon,real_ratio", [(0, 0.05), (5, 1.0)])
 def test_mopo_with_null_world_makes_exactly_the_sac_update(tmp_path, horizon, real_ratio):
     torch.manual_seed(0)
-    sac = OfflineSAC(sac_config_of(MOPOConfig(**SMALL)), SPEC, torch.device("cpu"))
+    sac = SAC(sac_config_of(MOPOConfig(**SMALL)), SPEC, torch.device("cpu"))
     _trainer(sac, None, tmp_path / "sac").run()
     torch.manual_seed(0)
     mopo = MOPO(MOPOConfig(**SMALL), SPEC, torch.device("cpu"))
@@ -117,7 +113,7 @@ def test_mopo_with_null_world_makes_exactly_the_sac_update(tmp_path, horizon, re
 def test_model_based_mopo_differs_and_fills_its_store(tmp_path):
     """The control for the test above: with imagined data the update must change."""
     torch.manual_seed(0)
-    sac = OfflineSAC(sac_config_of(MOPOConfig(**SMALL)), SPEC, torch.device("cpu"))
+    sac = SAC(sac_config_of(MOPOConfig(**SMALL)), SPEC, torch.device("cpu"))
     _trainer(sac, None, tmp_path / "sac").run()
     torch.manual_seed(0)
     mopo = MOPO(MOPOConfig(**SMALL), SPEC, torch.device("cpu"))
@@ -131,41 +127,40 @@ def test_model_based_mopo_differs_and_fills_its_store(tmp_path):
     assert (tmp_path / "mopo" / "dynamics.pt").exists()
 
 
-def test_null_world_model_returns_the_real_sampler_unchanged():
+def test_null_world_model_has_no_store_and_never_rolls_out():
     world = _world(kind="none", horizon=5, real_ratio=0.05)
-    real = UniformSampler(_offline_store())
-    assert world.null and world.sampler(real) is real
-    assert world.generate(lambda o: o, real) is None and world.fit(store_fit_data(real.store)) is None
+    real = _offline_store()
+    assert world.null and world.store is None and not world.due(0)
+    assert world.generate(lambda o: o, real.gather) is None and world.fit(store_fit_data(real)) is None
 
 
-def test_moore_priorities_follow_one_over_alpha_t():
-    assert [offline_priority(t, 2.0) for t in (1, 2, 4)] == [0.5, 0.25, 0.125]
-    agent = MOORe(MOOReConfig(priority_alpha=2.0, **SMALL), SPEC, torch.device("cpu"))
+def online_progress(env_steps: int) -> Progress:
+    return Progress("online", 100, env_steps, 100 + env_steps, 100, 1000)
 
-    class FakeTrainer:
-        class state:
-            env_steps = 0
-        world = _world(horizon=5, real_ratio=0.5)
 
-    FakeTrainer.world.cfg.refit_every = 100
-    agent.on_online_start(FakeTrainer)
+def test_moore_decay_sampler_follows_one_over_alpha_t():
+    assert [moore_offline_priority(t, 2.0) for t in (1, 2, 4)] == [0.5, 0.25, 0.125]
     offline, online = _offline_store(400), _offline_store(100, seed=1)
-    mixture = agent.make_online_sampler(offline, online, 0.5)
-    assert isinstance(mixture, PriorityMixture)
+    online.source, online.source_id = "online", 1
+    sampler = make_sampler(SamplerConfig(kind="moore_decay", priority_alpha=2.0, epoch_steps=100),
+                           Sources(offline, online))
     for env_steps, epoch in [(0, 1), (99, 1), (100, 2), (350, 4)]:
-        FakeTrainer.state.env_steps = env_steps
+        progress = online_progress(env_steps)
         priority = 1.0 / (2.0 * epoch)
-        assert agent.current_offline_priority() == pytest.approx(priority)
-        weights = agent.model_fit_weights(400, 100)
+        assert sampler.offline_priority(progress) == pytest.approx(priority)
+        weights = sampler.fit_weights(progress)
         assert torch.allclose(weights[:400], torch.full((400,), priority)) and torch.all(weights[400:] == 1.0)
         # sampling proportional to priority: the offline share of a batch is its priority mass
-        shares = mixture.shares()
+        shares = sampler.real_shares(progress)
         assert shares["offline"] / (shares["offline"] + shares["online"]) == pytest.approx(
             400 * priority / (400 * priority + 100))
-        batch = mixture.sample(1000)
+        batch = sampler.sample(1000, progress)
         expected_offline = round(1000 * 400 * priority / (400 * priority + 100))
         from_offline = (batch.obs.unsqueeze(1) == offline.data["obs"].unsqueeze(0)).all(-1).any(1).sum()
         assert abs(int(from_offline) - expected_offline) <= 1
+        assert int((batch.source == 0).sum()) == int(from_offline)  # rows know their source
+    # the offline phase draws offline rows only, whatever the kind
+    assert sampler.real_shares(Progress("offline", 0, 0, 0, 100, 1000)) == {"offline": 1.0}
 
 
 def compose_run_config(agent: str, overrides: list[str]):

@@ -23,6 +23,9 @@ class RolloutConfig:
     real_ratio: float = 0.05  # share of real transitions per batch (MOPO / MBPO: 0.05)
     num_starts: int = 50_000  # R start states per rollout round (MOPO: 50k)
     every: int = 1_000  # gradient updates between rollout rounds (MOPO: 1000)
+    # online rollout rounds: "updates" = every `every` updates (MOPO); "refit" = right after each online refit of
+    # the model, every world_model.refit_every env steps (MOORe, Mao et al. 2022, Algorithm 1)
+    schedule: str = "updates"
     keep_rounds: int = 5  # the model store holds the last k rounds (MOPO: ~5 rounds of model data)
     chunk: int = 50_000  # start states per batched forward, bounds peak memory
 

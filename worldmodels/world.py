@@ -1,12 +1,12 @@
 """The world model as the trainer sees it: which batches an agent learns from.
 
-Every agent's batches come from `world.sampler(real)`. The null world model (the default of
-every agent; `world_model=none`, or horizon 0, or real share 1) returns `real` unchanged and
-never fits or rolls out, so a model-free agent is exactly the zero-rollout case. The ensemble
-world model fits a DynamicsEnsemble on real data, runs penalized branched rollouts every
-`rollout.every` updates into a model store that keeps the last `keep_rounds` rounds, and mixes
-`real_ratio` real with `1 - real_ratio` imagined transitions in every batch. This is the one
-place where the real/imagined share is decided.
+The null world model (the default of every agent; `world_model=none`, or horizon 0, or real
+share 1) has no model store and never fits or rolls out, so a model-free agent is exactly the
+zero-rollout case. The ensemble world model fits a DynamicsEnsemble on real data and runs
+penalized branched rollouts into a model store that keeps the last `keep_rounds` rounds: every
+`rollout.every` updates, or online right after each refit (`rollout.schedule=refit`, MOORe).
+How many imagined rows go into a batch is the batch sampler's decision
+(worldmodels/data/samplers.py), from `rollout.real_ratio`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from worldmodels.data.samplers import MixtureSampler, Sampler, UniformSampler
-from worldmodels.data.store import TransitionStore
+from worldmodels.data.store import Batch, TransitionStore
 from worldmodels.dynamics import DynamicsEnsemble, FitReport
 from worldmodels.rollout import RolloutConfig, RolloutResult, rollout
 from worldmodels.termination import termination_fn_for
@@ -76,29 +75,18 @@ class WorldModel:
         self.rounds = 0
         self.last_rollout: RolloutResult | None = None
         self.last_fit: FitReport | None = None
+        self._metrics: dict[str, float] = {}  # the latest fit's and rollout's figures; checkpointed
         if self.null:
             return
-        rule = termination_fn_for(env_id) if (env_id and cfg.termination == "auto") else None
         if cfg.load_path:
             self.model = DynamicsEnsemble.load(cfg.load_path, device)
             self.fitted = True
         else:
-            self.model = DynamicsEnsemble(
-                obs_dim, act_dim, cfg.ensemble_size, cfg.num_elites, cfg.hidden, cfg.lr, weight_decays(cfg),
-                termination_fn=rule, learn_termination=rule is None and cfg.termination != "none",
-                train_precision=cfg.train_precision, device=device,
-            )
+            self.model = make_dynamics(cfg, obs_dim, act_dim, env_id, device)
         self.uncertainty = make_uncertainty(cfg.uncertainty, self.model, members=cfg.uncertainty_members)
         r = rollout_cfg
-        self.store = TransitionStore(r.num_starts * r.horizon * r.keep_rounds, obs_dim, act_dim, device)
-
-    # --- what the agent trains on --------------------------------------------------
-    def sampler(self, real: Sampler) -> Sampler:
-        if self.null:
-            return real
-        share = self.rollout_cfg.real_ratio
-        return MixtureSampler({"real": real, "model": UniformSampler(self.store)},
-                              {"real": share, "model": 1.0 - share})
+        self.store = TransitionStore(r.num_starts * r.horizon * r.keep_rounds, obs_dim, act_dim, device,
+                                     source="model")
 
     # --- fitting and rolling out -------------------------------------------------------
     def fit(self, data: dict[str, Tensor], weights: Tensor | None = None) -> FitReport | None:
@@ -107,22 +95,34 @@ class WorldModel:
         if weights is not None:
             data = data | {"weights": weights}
         self.last_fit = self.model.fit(data, max_epochs=self.cfg.fit_max_epochs, max_seconds=self.cfg.fit_max_seconds)
+        self._metrics["model/holdout_mse"] = min(self.last_fit.holdout_mse[i] for i in self.last_fit.elite_indices)
         self.fitted = True
         return self.last_fit
 
-    def due(self, updates: int) -> bool:
-        """A rollout round is due before update number `updates` (and always before the first)."""
-        return not self.null and (len(self.store) == 0 or updates % self.rollout_cfg.every == 0)
+    def due(self, updates: int, online: bool = False) -> bool:
+        """A rollout round is due before update number `updates` (and always before the first).
+        Online under `rollout.schedule=refit` rounds follow refits instead (`after_refit`)."""
+        if self.null:
+            return False
+        if len(self.store) == 0:
+            return True
+        if online and self.rollout_cfg.schedule == "refit":
+            return False
+        return updates % self.rollout_cfg.every == 0
 
-    def generate(self, policy: Callable[[Tensor], Tensor], starts: Sampler) -> RolloutResult | None:
-        """One rollout round from num_starts states drawn from `starts`, appended to the model store."""
+    def after_refit(self) -> bool:
+        """MOORe's Algorithm 1: a rollout round right after each online refit."""
+        return not self.null and self.rollout_cfg.schedule == "refit"
+
+    def generate(self, policy: Callable[[Tensor], Tensor], starts: Callable[[int], Batch]) -> RolloutResult | None:
+        """One rollout round from num_starts states drawn by `starts(n)`, appended to the model store."""
         if self.null:
             return None
         r = self.rollout_cfg
         results = []
         for begin in range(0, r.num_starts, r.chunk):
             n = min(r.chunk, r.num_starts - begin)
-            obs = starts.sample(n).obs
+            obs = starts(n).obs
             results.append(rollout(self.model, policy, obs, r.horizon, self.uncertainty, r.penalty_coef,
                                    propagation=self.cfg.propagation))
         for res in results:
@@ -134,17 +134,13 @@ class WorldModel:
             sum(x.mean_raw_reward for x in results) / len(results),
             sum(x.mean_length for x in results) / len(results),
         )
+        self._metrics |= {"model/penalty_mean": self.last_rollout.mean_penalty,
+                          "model/rollout_length": self.last_rollout.mean_length,
+                          "model/raw_reward_mean": self.last_rollout.mean_raw_reward}
         return self.last_rollout
 
     def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self.last_fit is not None:
-            out["model/holdout_mse"] = min(self.last_fit.holdout_mse[i] for i in self.last_fit.elite_indices)
-        if self.last_rollout is not None:
-            out["model/penalty_mean"] = self.last_rollout.mean_penalty
-            out["model/rollout_length"] = self.last_rollout.mean_length
-            out["model/raw_reward_mean"] = self.last_rollout.mean_raw_reward
-        return out
+        return dict(self._metrics)
 
     # --- checkpointing --------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -161,7 +157,7 @@ class WorldModel:
         self.model.optimizer.load_state_dict(state["optimizer"])
         self.store.load_state_dict(state["store"])
         self.fitted, self.rounds = state["fitted"], state["rounds"]
-        self._restored_metrics = state.get("metrics", {})
+        self._metrics = dict(state["metrics"])
 
 
 def make_world_model(cfg: WorldModelConfig, rollout_cfg: RolloutConfig, obs_dim: int, act_dim: int,
@@ -169,6 +165,20 @@ def make_world_model(cfg: WorldModelConfig, rollout_cfg: RolloutConfig, obs_dim:
     if cfg.kind not in KINDS:
         raise ValueError(f"world_model.kind={cfg.kind!r} is unknown; choose one of {', '.join(KINDS)}.")
     return WorldModel(cfg, rollout_cfg, obs_dim, act_dim, env_id, device)
+
+
+def make_dynamics(cfg: WorldModelConfig, obs_dim: int, act_dim: int, env_id: str | None,
+                  device: torch.device) -> DynamicsEnsemble:
+    """An unfitted DynamicsEnsemble with every world_model setting, for the agents and the analysis tools alike.
+
+    termination=auto takes the env's known rule and learns a head only when there is none.
+    """
+    rule = termination_fn_for(env_id) if (env_id and cfg.termination == "auto") else None
+    return DynamicsEnsemble(
+        obs_dim, act_dim, cfg.ensemble_size, cfg.num_elites, cfg.hidden, cfg.lr, weight_decays(cfg),
+        termination_fn=rule, learn_termination=rule is None and cfg.termination != "none",
+        train_precision=cfg.train_precision, device=device,
+    )
 
 
 def store_fit_data(*stores: TransitionStore) -> dict[str, Tensor]:

@@ -1,17 +1,20 @@
 """The agent contract the trainer relies on.
 
-An agent owns its networks, optimizers and losses. The trainer owns data, environments,
-phases, logging and checkpoints, and calls these methods:
+An agent owns its networks, optimizers, schedulers and losses. The trainer owns data,
+environments, phases, batch composition (worldmodels/data/samplers.py), logging and
+checkpoints, and calls these methods, always handing progress over as a value:
 
-    act(obs, deterministic)      -> actions [B, act_dim] in env units
-    update(batch)                -> dict of scalar tensors (read by the trainer every N steps)
-    on_offline_start(offline)    -> once, with the offline store (e.g. observation statistics)
-    on_online_start(trainer)     -> once, before the first env step
-    on_episode_end(ret, length)  -> after every online episode (AdaptiveBC's controller, ...)
-    make_online_sampler(...)     -> how online-phase batches are drawn (default: fixed mixture)
+    act(obs, deterministic)          -> actions [B, act_dim] in env units
+    update(batch, progress)          -> dict of scalar tensors (read by the trainer every N steps);
+                                        an optional "priority" [B] is written back by a priority sampler
+    transition_fields()              -> per-transition fields every store must fill (Cal-QL's return-to-go)
+    on_offline_start(offline)        -> once, on a fresh start, with the offline store (observation statistics)
+    on_phase(progress)               -> at the start of each phase, on a fresh start AND on resume: idempotent
+    on_episode_end(episode, progress)-> after every online episode (return, normalized return, length, rows)
 
-`state_dict()` includes optimizer states and counters (through nn.Module extra state), so
-one dict restores the agent exactly.
+Every module, optimizer and scheduler an agent will ever use exists from `__init__`, so
+`load_state_dict` restores any phase exactly; `state_dict()` includes optimizer and scheduler
+states and counters (through nn.Module extra state).
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from worldmodels.data.samplers import MixtureSampler, Sampler, UniformSampler
+from worldmodels.data.fields import TransitionField
 from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.progress import EpisodeEnd, Progress
 
 
 @dataclass(frozen=True)
@@ -42,47 +46,31 @@ class EnvSpec:
 
 
 class Agent(nn.Module):
-    #: False for purely online agents (TD3, SAC): the trainer skips the offline phase and
-    #: never mixes offline data into their batches.
-    uses_offline_data: bool = True
-
     def __init__(self, cfg, spec: EnvSpec, device: torch.device):
         super().__init__()
         self.cfg, self.spec, self.device = cfg, spec, device
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.num_updates = 0
 
     # --- the contract -------------------------------------------------------------
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         raise NotImplementedError
 
-    def update(self, batch: Batch) -> dict[str, Tensor]:
+    def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def transition_fields(self) -> list[TransitionField]:
+        return []
 
     def on_offline_start(self, offline: TransitionStore) -> None:
         pass
 
-    def on_online_start(self, trainer) -> None:
+    def on_phase(self, progress: Progress) -> None:
         pass
 
-    def on_episode_end(self, episode_return: float, episode_length: int) -> None:
+    def on_episode_end(self, episode: EpisodeEnd, progress: Progress) -> None:
         pass
-
-    def make_online_sampler(
-        self, offline: TransitionStore | None, online: TransitionStore, offline_share: float
-    ) -> Sampler:
-        """Online-phase batches: a fixed offline/online mixture (offline_share 0 drops offline)."""
-        if offline is None or offline_share <= 0 or not self.uses_offline_data:
-            return UniformSampler(online)
-        return MixtureSampler(
-            {"offline": UniformSampler(offline), "online": UniformSampler(online)},
-            {"offline": offline_share, "online": 1.0 - offline_share},
-        )
-
-    def model_fit_weights(self, num_offline: int, num_online: int) -> Tensor | None:
-        """Per-transition weights (offline rows first) for refitting the world model online;
-        None = uniform. MOORe weights offline data by its decaying priority."""
-        return None
 
     # --- helpers for subclasses --------------------------------------------------
     def random_action(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -93,6 +81,7 @@ class Agent(nn.Module):
     def get_extra_state(self) -> dict:
         return {
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "schedulers": {k: sched.state_dict() for k, sched in self.schedulers.items()},
             "num_updates": self.num_updates,
             "agent": self.extra_state(),
         }
@@ -100,6 +89,8 @@ class Agent(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
+        for k, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][k])
         self.num_updates = state["num_updates"]
         self.load_extra_state(state["agent"])
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from worldmodels.data.samplers import SamplerConfig, check_sampler_config
 from worldmodels.dynamics import TRAIN_PRECISIONS
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import KINDS, WorldModelConfig
@@ -39,7 +40,6 @@ class TrainerConfig:
     online_steps: int = 10_000  # env steps in the online phase
     updates_per_step: int = 1  # UTD ratio online
     warmup_steps: int = 0  # online steps with uniform random actions and no updates (online-only agents)
-    offline_share: float = 0.5  # share of offline data in online batches (RLPD/Cal-QL symmetric 50/50); 0 drops it
     batch_size: int = 256  # TD3+BC, SAC, CQL papers
     eval_every: int = 5_000  # updates (offline) / env steps (online) between evaluations
     eval_episodes: int = 5
@@ -55,6 +55,7 @@ class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)  # none: model-free
     rollout: RolloutConfig = field(default_factory=RolloutConfig)  # read only when world_model is not none
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # every batch's composition (samplers.py)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]; auto takes the GPU when present
     threads: int = 0  # torch CPU threads; 0 = torch's default. Use 1 when several runs share the cores
@@ -76,7 +77,7 @@ def resolve_device(name: str) -> torch.device:
 
 def check_run_config(cfg: RunConfig) -> None:
     """Fail early, with the key and a fix, on values that would break the run later."""
-    t, d = cfg.trainer, cfg.dataset
+    t, d, w = cfg.trainer, cfg.dataset, cfg.world_model
     positive = {
         "trainer.batch_size": t.batch_size,
         "trainer.eval_episodes": t.eval_episodes,
@@ -92,8 +93,17 @@ def check_run_config(cfg: RunConfig) -> None:
                        "trainer.warmup_steps": t.warmup_steps}.items():
         if value < 0:
             raise ConfigError(f"{key}={value} must be >= 0 (0 skips it).")
-    if not 0.0 <= t.offline_share <= 1.0:
-        raise ConfigError(f"trainer.offline_share={t.offline_share} must lie in [0, 1].")
+    problem = check_sampler_config(cfg.sampler)
+    if problem:
+        raise ConfigError(problem)
+    if d.id is None and d.quality == "none" and t.offline_updates > 0:
+        raise ConfigError(f"trainer.offline_updates={t.offline_updates} needs offline data but dataset.quality=none "
+                          "gives none; pick a dataset or set trainer.offline_updates=0.")
+    if cfg.rollout.schedule not in ("updates", "refit"):
+        raise ConfigError(f"rollout.schedule={cfg.rollout.schedule!r}: choose updates or refit.")
+    if cfg.rollout.schedule == "refit" and w.kind != "none" and w.refit_every <= 0:
+        raise ConfigError("rollout.schedule=refit rolls out after each online refit; set world_model.refit_every > 0 "
+                          "(env steps between refits) or use rollout.schedule=updates.")
     if d.id is None:
         if d.quality not in (*QUALITIES, "none"):
             raise ConfigError(

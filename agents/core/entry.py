@@ -20,11 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from agents.core.agent import Agent, EnvSpec
+from agents.core.behaviour import SACBehaviour
 from agents.core.config import ConfigError, RunConfig, check_run_config, resolve_device
-from agents.core.envs import box_bounds, make_env
 from agents.core.trainer import Trainer, seed_everything
-from worldmodels.data.minari_io import DatasetError, OfflineDataset, load_offline_dataset, validate
+from worldmodels.data.minari_load import DatasetError, OfflineDataset, load_offline_dataset
+from worldmodels.data.recipes import Recipe, build
 from worldmodels.data.store import TransitionStore
+from worldmodels.data.validate import validate
+from worldmodels.envs import box_bounds, make_env
 from worldmodels.world import make_world_model
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -39,10 +42,8 @@ def load_dataset(cfg: RunConfig, device: torch.device) -> OfflineDataset | None:
         return load_offline_dataset(d.id)
     if d.quality == "none":
         return None
-    from worldmodels.data.recipes import Recipe, build
-
     recipe = Recipe(d.env_id, d.quality, d.size, d.train_steps, d.seed)
-    return load_offline_dataset(build(recipe, device, progress=cfg.trainer.progress))
+    return load_offline_dataset(build(recipe, SACBehaviour(), device, progress=cfg.trainer.progress))
 
 
 def offline_store(ds: OfflineDataset, device: torch.device) -> TransitionStore:
@@ -99,8 +100,6 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    if cfg.dataset.id is None and cfg.dataset.quality == "none" and agent_cls.uses_offline_data:
-        raise ConfigError(f"{agent_cls.__name__} learns from offline data; dataset.quality=none gives it none.")
     dataset = load_dataset(cfg, device)
     env_id = dataset.env_id if dataset is not None else cfg.dataset.env_id
     env = make_env(env_id)
@@ -119,7 +118,7 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     world = make_world_model(cfg.world_model, cfg.rollout, spec.obs_dim, spec.act_dim, env_id, device)
     return Trainer(agent, cfg.trainer, lambda: make_env(env_id),
                    offline_store(dataset, device) if dataset is not None else None,
-                   run_dir, seed=cfg.seed, ref_scores=refs, summary_extra=extra, world=world)
+                   run_dir, seed=cfg.seed, ref_scores=refs, summary_extra=extra, world=world, sampler=cfg.sampler)
 
 
 def execute(agent_cls: type[Agent], cfg, run_dir: Path) -> dict:

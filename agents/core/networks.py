@@ -122,3 +122,13 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 def adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
     return make_adam(params, lr)
+
+
+def cosine_lr(base_lr: float, fraction_done: float) -> float:
+    """Cosine annealing from base_lr to 0 as fraction_done goes from 0 to 1 (Loshchilov & Hutter 2017)."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(max(fraction_done, 0.0), 1.0)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,14 +1,20 @@
 """The loop every agent shares: offline phase -> online phase, with evaluation, logs and
 exact-resume checkpoints.
 
-Offline: `offline_updates` updates on batches from the offline store.
-Online: `online_steps` env steps; after each (past `warmup_steps`) `updates_per_step`
-updates on batches from `agent.make_online_sampler` (by default a fixed offline/online
-mixture). Evaluations every `eval_every` updates/steps and at the end of each phase.
+Offline: `offline_updates` updates. Online: `online_steps` env steps; after each (past
+`warmup_steps`) `updates_per_step` updates. Every batch comes from one `BatchSampler`
+(worldmodels/data/samplers.py, the `sampler=` config group), which holds the three sources
+(offline store, online store, the world model's store of imagined rows) and decides each
+batch's composition from the run's progress. Evaluations every `eval_every` updates/steps and at
+the end of each phase.
 
-A checkpoint holds the agent (networks, optimizers, counters), the online store, the env's
-simulator state, every RNG and the log row counts, and is written atomically; a run started
-again in the same directory continues from it and reproduces the uninterrupted run exactly.
+Agents see progress only as `Progress` values: `update(batch, progress)`, `on_phase(progress)`
+at the start of every phase (fresh start or resume), `on_episode_end(episode, progress)`.
+
+A checkpoint holds the agent (networks, optimizers, schedulers, counters), the online store,
+the sampler's state, the world model, the env's simulator state, every RNG and the log row
+counts, and is written atomically; a run started again in the same directory continues from it
+and reproduces the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from tqdm.auto import tqdm
 
 from agents.core.agent import Agent
 from agents.core.config import TrainerConfig
-from agents.core.envs import get_env_state, run_episodes, set_env_state
 from agents.core.logging import RunLogger, scalars
-from worldmodels.data.samplers import Sampler, UniformSampler
+from worldmodels.data.fields import add_fields, fill_episode, fill_offline
+from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
 from worldmodels.data.store import TransitionStore
+from worldmodels.envs import get_env_state, run_episodes, set_env_state
+from worldmodels.progress import EpisodeEnd, Progress
 from worldmodels.world import WorldModel, store_fit_data
 
 
@@ -53,6 +61,8 @@ class TrainerState:
     episodes: int = 0
     episode_return: float = 0.0
     episode_length: int = 0
+    episode_start_row: int = 0  # the online store row where the current episode began
+    last_score: float | None = None  # normalized score of the latest evaluation
     online_started: bool = False
     done: bool = False
     seconds: float = 0.0
@@ -93,6 +103,7 @@ class Trainer:
         summary_extra: dict | None = None,
         tensorboard: bool = True,
         world: WorldModel | None = None,
+        sampler: SamplerConfig | None = None,
     ):
         self.agent, self.cfg, self.env_fn, self.offline = agent, cfg, env_fn, offline
         self.run_dir = Path(run_dir)
@@ -100,18 +111,29 @@ class Trainer:
         self.summary_extra = summary_extra or {}
         self.device = agent.device
         self.state = TrainerState()
+        if cfg.offline_updates > 0 and offline is None:
+            raise ValueError(f"trainer.offline_updates={cfg.offline_updates} but no offline dataset was given.")
         self.env = env_fn()
         spec = agent.spec
-        capacity = max(cfg.online_steps, 1)
-        self.online = TransitionStore(capacity, spec.obs_dim, spec.act_dim, self.device)
+        self.online = TransitionStore(max(cfg.online_steps, 1), spec.obs_dim, spec.act_dim, self.device,
+                                      source="online")
+        self.world = world  # None or null: model-free, rollouts never run
+        # every store fills the per-transition fields the agent declared (Cal-QL's return-to-go)
+        self.fields = agent.transition_fields()
+        for store in (offline, self.online, self.world.store if self.model_based else None):
+            if store is not None:
+                add_fields(store, self.fields)
+        if offline is not None and self.fields:
+            fill_offline(offline, self.fields)
+        sources = Sources(offline, self.online, self.world.store if self.model_based else None)
+        real_ratio = self.world.rollout_cfg.real_ratio if self.model_based else 1.0
+        self.sampler = make_sampler(sampler or SamplerConfig(), sources, real_ratio)
         self.obs: np.ndarray | None = None
         self.on_evaluate: list[Callable[[Trainer, EvalResult], None]] = []  # e.g. policy snapshots
         self.stop_after: int | None = None  # testing aid: stop (as if killed) after this many checkpoints
         self._checkpoints_written = 0
+        self._info: dict = {}  # the latest update's metrics (logged every log_every)
         self.tensorboard = tensorboard
-        self.world = world  # None or null: model-free, rollouts never run
-        if agent.uses_offline_data and offline is None and cfg.offline_updates > 0:
-            raise ValueError(f"{type(agent).__name__} trains offline but no offline dataset was given.")
 
     # --- public ---------------------------------------------------------------------
     @property
@@ -131,15 +153,14 @@ class Trainer:
             return self.write_summary()
         if not resumed and self.offline is not None:
             self.agent.on_offline_start(self.offline)
-        total = (self.cfg.offline_updates if self.agent.uses_offline_data else 0) + self.cfg.online_steps
+        total = (self.cfg.offline_updates if self.offline is not None else 0) + self.cfg.online_steps
         self.bar = tqdm(total=total, initial=self.global_step, disable=not self.cfg.progress,
                         desc=type(self.agent).__name__, dynamic_ncols=True,
                         mininterval=0.2 if sys.stderr.isatty() else 30.0)  # logs stay readable
         self._clock = time.perf_counter()
         try:
-            if self.agent.uses_offline_data and self.offline is not None:
-                if not self.offline_phase():
-                    return {}
+            if self.offline is not None and not self.offline_phase():
+                return {}
             if not self.online_phase():
                 return {}
             self.state.done = True
@@ -149,6 +170,11 @@ class Trainer:
             self.logger.close()
         return self.write_summary()
 
+    def progress(self) -> Progress:
+        st = self.state
+        return Progress("online" if st.online_started else "offline", st.offline_updates, st.env_steps, st.updates,
+                        self.cfg.offline_updates, self.cfg.online_steps, st.last_score)
+
     @property
     def global_step(self) -> int:
         """Monotonic across phases: offline updates, then env steps (the x-axis of the logs)."""
@@ -157,18 +183,17 @@ class Trainer:
     # --- phases ---------------------------------------------------------------------
     def offline_phase(self) -> bool:
         cfg, st = self.cfg, self.state
-        real = UniformSampler(self.offline)
-        if self.model_based and not self.world.fitted and st.offline_updates < cfg.offline_updates:
+        if st.offline_updates >= cfg.offline_updates:
+            return True
+        self.agent.on_phase(self.progress())
+        if self.model_based and not self.world.fitted:
             self.fit_world(store_fit_data(self.offline))
-        sampler = self.batches(real)
         while st.offline_updates < cfg.offline_updates:
-            self.maybe_rollout(real)
-            info = self.agent.update(sampler.sample(cfg.batch_size))
+            self.train_step()
             st.offline_updates += 1
-            st.updates += 1
             self.bar.update(1)
             if st.offline_updates % cfg.log_every == 0:
-                self.logger.log("train", self.global_step, {"phase": 0} | scalars(info))
+                self.logger.log("train", self.global_step, {"phase": 0} | scalars(self._info))
             if st.offline_updates % cfg.eval_every == 0 or st.offline_updates == cfg.offline_updates:
                 self.evaluate("offline")
             if st.offline_updates % cfg.checkpoint_every == 0 and not self.checkpoint_and_continue():
@@ -179,42 +204,45 @@ class Trainer:
         cfg, st = self.cfg, self.state
         if cfg.online_steps == 0:
             return True
-        if not st.online_started:
-            self.agent.on_online_start(self)
+        first = not st.online_started
+        st.online_started = True
+        self.agent.on_phase(self.progress())  # on a fresh start and on resume alike: hooks are idempotent
+        if first:
             self.obs, _ = self.env.reset(seed=self.seed)
-            st.online_started = True
-        real = self.agent.make_online_sampler(self.offline, self.online, cfg.offline_share)
-        sampler = self.batches(real)
-        info: dict = {}
-        refit_every = self.world.cfg.refit_every if self.model_based else 0
+        self._info = {}
         while st.env_steps < cfg.online_steps:
             self.env_step()
-            if refit_every and st.env_steps % refit_every == 0:
-                self.fit_world(store_fit_data(self.offline, self.online),
-                               self.agent.model_fit_weights(len(self.offline) if self.offline is not None else 0,
-                                                             len(self.online)))
-            if st.env_steps > cfg.warmup_steps and len(real) > 0:
+            if self.model_based and self.world.cfg.refit_every and st.env_steps % self.world.cfg.refit_every == 0:
+                self.refit_world()
+                if self.world.after_refit():
+                    self.rollout()
+            if st.env_steps > cfg.warmup_steps and self.sampler.ready(self.progress()):
                 for _ in range(cfg.updates_per_step):
-                    self.maybe_rollout(real)
-                    info = self.agent.update(sampler.sample(cfg.batch_size))
-                    st.updates += 1
+                    self.train_step()
             self.bar.update(1)
-            if st.env_steps % cfg.log_every == 0 and info:
-                self.logger.log("train", self.global_step, {"phase": 1} | scalars(info))
+            if st.env_steps % cfg.log_every == 0 and self._info:
+                self.logger.log("train", self.global_step, {"phase": 1} | scalars(self._info))
             if st.env_steps % cfg.eval_every == 0 or st.env_steps == cfg.online_steps:
                 self.evaluate("online")
             if st.env_steps % cfg.checkpoint_every == 0 and not self.checkpoint_and_continue():
                 return False
         return True
 
+    def train_step(self) -> None:
+        """One gradient update on one batch; the sampler may read the update's priorities back."""
+        progress = self.progress()
+        if self.model_based and self.world.due(self.state.updates, progress.online):
+            self.rollout()
+        batch = self.sampler.sample(self.cfg.batch_size, progress)
+        info = self.agent.update(batch, progress)
+        self.sampler.after_update(batch, info)
+        self._info = info
+        self.state.updates += 1
+
     # --- world model ------------------------------------------------------------------
     @property
     def model_based(self) -> bool:
         return self.world is not None and not self.world.null
-
-    def batches(self, real: Sampler) -> Sampler:
-        """The one mixing rule: the world model decides the real/imagined share."""
-        return self.world.sampler(real) if self.world is not None else real
 
     def fit_world(self, data: dict, weights=None) -> None:
         report = self.world.fit(data, weights)
@@ -223,10 +251,23 @@ class Trainer:
             "holdout_mse_elites": sum(report.holdout_mse[i] for i in report.elite_indices) / len(report.elite_indices),
             "epochs": report.epochs, "seconds": report.seconds, "transitions": len(data["obs"])})
 
-    def maybe_rollout(self, starts: Sampler) -> None:
-        if self.model_based and self.world.due(self.state.updates):
-            self.world.generate(lambda o: self.agent.act(o), starts)
-            self.logger.log("model", self.global_step, self.world.metrics())
+    def refit_world(self) -> None:
+        """Fit on the real data the sampler trains on (offline rows only where it draws them),
+        weighted as it draws them (MOORe's priorities)."""
+        progress = self.progress()
+        offline = self.offline if self.sampler.uses_offline(progress) else None
+        if (len(offline) if offline is not None else 0) + len(self.online) == 0:
+            return
+        self.fit_world(store_fit_data(offline, self.online),
+                       self.sampler.fit_weights(progress) if offline is not None else None)
+
+    def rollout(self) -> None:
+        if not self.world.fitted:
+            # an online-only run (offline_updates=0) fits on the real data there is before its first rollout
+            self.refit_world()
+        progress = self.progress()
+        self.world.generate(lambda o: self.agent.act(o), lambda n: self.sampler.sample_real(n, progress))
+        self.logger.log("model", self.global_step, self.world.metrics())
 
     def env_step(self) -> None:
         st = self.state
@@ -237,16 +278,23 @@ class Trainer:
             act_t = self.agent.act(obs_t)
         act = act_t[0].cpu().numpy()
         next_obs, rew, term, trunc, _ = self.env.step(act)
-        self.online.add(
+        rows = self.online.add(
             obs=obs_t, act=act_t, rew=torch.tensor([rew]), next_obs=torch.as_tensor(next_obs).unsqueeze(0),
             terminal=torch.tensor([float(term)]), truncated=torch.tensor([float(trunc and not term)]),
         )
+        self.sampler.rows_added("online", rows)
         st.env_steps += 1
         st.episode_return += float(rew)
         st.episode_length += 1
         self.obs = next_obs
         if term or trunc:
-            self.agent.on_episode_end(st.episode_return, st.episode_length)
+            rows = (torch.arange(st.episode_length, device=self.device) + st.episode_start_row) % self.online.capacity
+            if self.fields:
+                fill_episode(self.online, rows, self.fields)
+            episode = EpisodeEnd(st.episode_return, self.normalized(st.episode_return), st.episode_length, rows,
+                                 bool(term))
+            self.agent.on_episode_end(episode, self.progress())
+            st.episode_start_row = self.online.cursor
             self.logger.log("episodes", self.global_step,
                             {"return": st.episode_return, "length": st.episode_length, "env_steps": st.env_steps})
             st.episodes += 1
@@ -270,6 +318,7 @@ class Trainer:
         result = EvalResult(phase, mean, float(results.returns.std()), self.normalized(mean))
         self.state.evaluations += 1
         self.state.last_eval[phase] = result.__dict__
+        self.state.last_score = result.normalized_score
         row = {"phase": 0 if phase == "offline" else 1, "return": mean, "return_std": result.std_return,
                "offline_updates": self.state.offline_updates, "env_steps": self.state.env_steps,
                "updates": self.state.updates}
@@ -302,6 +351,7 @@ class Trainer:
             "obs": None if self.obs is None else torch.as_tensor(self.obs),
             "log_rows": dict(self.logger.rows),
             "world": self.world.state_dict() if self.world is not None else {},
+            "sampler": self.sampler.state_dict(),
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -319,6 +369,7 @@ class Trainer:
         self._log_rows = state["log_rows"]
         if self.world is not None:
             self.world.load_state_dict(state["world"])
+        self.sampler.load_state_dict(state["sampler"])
         return True
 
     # --- summary --------------------------------------------------------------------
@@ -336,7 +387,7 @@ class Trainer:
             "seconds": round(self.state.seconds, 2),
         } | self.summary_extra
         if self.model_based:
-            metrics = self.world.metrics() or getattr(self.world, "_restored_metrics", {})
+            metrics = self.world.metrics()
             summary["model_holdout_mse"] = metrics.get("model/holdout_mse")
             summary["mean_penalty"] = metrics.get("model/penalty_mean")
         tmp = self.run_dir / "summary.json.tmp"

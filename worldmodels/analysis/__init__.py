@@ -1,6 +1,6 @@
 """Uncertainty analysis: does u(s, a) know where the world model is wrong?
 
-``python -m worldmodels.analysis.calibration`` scores every dynamics uncertainty estimator
-(worldmodels/uncertainty.py) against the true one-step and h-step rollout errors of a trained
-ensemble on a held-out dataset (Spearman and AUROC), and writes plots and a Markdown table.
+``metrics`` (rank metrics), ``evaluation`` (one-step and h-step errors next to every dynamics
+estimator's u) and ``report`` (Markdown, JSON, plots). The command that fits or loads a model and
+runs them on a held-out dataset is ``python -m agents.tools.calibration``.
 """

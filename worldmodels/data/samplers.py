@@ -1,18 +1,40 @@
-"""Samplers turn stores into batches. Agents only ever see `Batch`es, so a new sampling
-scheme (priorities, density ratios, mixtures) never touches an agent.
+"""Samplers turn stores into batches: the one module that decides every batch's composition.
 
-Every sampler has `sample(batch_size, generator) -> Batch` and `__len__` (rows it can draw
-from). Indices are drawn on the store's device.
+Two layers:
+
+- Store samplers (`UniformSampler`, `MixtureSampler`) draw rows from stores. Every sampler has
+  `sample(batch_size, generator) -> Batch` and `__len__` (rows it can draw from). Indices are
+  drawn on the store's device.
+- The batch sampler (`BatchSampler`, chosen by the `sampler=` config group) holds the trainer's
+  sources (offline, online, imagined) and decides, from the run's progress, how many rows of
+  each source go into a batch:
+
+  | kind          | online-phase real rows                                              |
+  |---------------|---------------------------------------------------------------------|
+  | `symmetric`   | exact `offline_share` offline, the rest online (RLPD, Cal-QL 50/50)  |
+  | `online_only` | online rows only (TD3/SAC from scratch)                              |
+  | `uniform`     | offline and online pooled: shares proportional to their sizes        |
+  | `moore_decay` | MOORe's priorities: offline 1/(alpha t), online 1 (Mao et al. 2022)  |
+  | `priority`    | a sum tree over offline + online rows; agents write priorities back |
+
+  The offline phase draws offline rows only, for every kind. Imagined rows make up
+  `model_share` (1 - rollout.real_ratio) of a batch whenever the model store holds any.
+
+Counts per source are exact every batch (not multinomial draws): a source's share of a batch
+is its share of the sampling mass, rounded by `split_counts`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.data.store import SOURCE_IDS, Batch, TransitionStore
+from worldmodels.data.sumtree import SumTree
+from worldmodels.progress import Progress
 
 
 class Sampler(Protocol):
@@ -34,32 +56,6 @@ class UniformSampler:
         return self.store.gather(self.store.sample_indices(batch_size, generator))
 
 
-class PrioritySampler:
-    """Sampling proportional to a per-row priority held in the store's `priority` extra.
-
-    The owner writes priorities (MOORe's decaying offline priority, Off2On's density
-    ratios); rows with priority 0 are never drawn.
-    """
-
-    def __init__(self, store: TransitionStore, key: str = "priority"):
-        if key not in store.data:
-            raise KeyError(f"PrioritySampler needs the store to have an extra field '{key}'.")
-        self.store, self.key = store, key
-
-    def __len__(self) -> int:
-        """Rows that can be drawn (positive priority); 0 makes a mixture skip this source."""
-        return int((self.store.data[self.key][: len(self.store)] > 0).sum())
-
-    def probabilities(self) -> Tensor:
-        weights = self.store.data[self.key][: len(self.store)]
-        return weights / weights.sum()
-
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        weights = self.store.data[self.key][: len(self.store)]
-        idx = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-        return self.store.gather(idx)
-
-
 def split_counts(batch_size: int, shares: list[float]) -> list[int]:
     """Integer counts proportional to `shares` that add up to batch_size exactly."""
     total = sum(shares)
@@ -78,7 +74,7 @@ class MixtureSampler:
     The counts per source are exact every batch (not drawn at random), which is what
     "symmetric sampling" means in RLPD and Cal-QL. A source that is empty or has share 0
     gives its share to the others, so an online buffer that has not filled yet does not
-    break the batch.
+    break the batch. Parts are concatenated in the order the sources are given.
     """
 
     def __init__(self, sources: dict[str, Sampler], shares: dict[str, float]):
@@ -95,10 +91,209 @@ class MixtureSampler:
     def active(self) -> list[str]:
         return [k for k, s in self.sources.items() if self.shares[k] > 0 and len(s) > 0]
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+    def counts(self, batch_size: int) -> dict[str, int]:
         names = self.active()
         if not names:
             raise RuntimeError("MixtureSampler: every source with a positive share is empty.")
-        counts = split_counts(batch_size, [self.shares[k] for k in names])
-        parts = [self.sources[k].sample(n, generator) for k, n in zip(names, counts, strict=True) if n > 0]
+        return dict(zip(names, split_counts(batch_size, [self.shares[k] for k in names]), strict=True))
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        parts = [self.sources[k].sample(n, generator) for k, n in self.counts(batch_size).items() if n > 0]
         return parts[0] if len(parts) == 1 else Batch.cat(parts)
+
+
+# --- the batch sampler: sources and composition by config ---------------------------------------
+KINDS = ("symmetric", "online_only", "uniform", "moore_decay", "priority")
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "symmetric"  # see the module docstring's table
+    # symmetric: offline share of online-phase batches; 0.5 is RLPD's and Cal-QL's symmetric sampling
+    offline_share: float = 0.5
+    # moore_decay: alpha in Pr(offline, t) = 1/(alpha t); MOORe (Mao et al. 2022) gives no value, 1.0 is our choice
+    priority_alpha: float = 1.0
+    # moore_decay: env steps per MOORe epoch t (phi); the moore config ties it to world_model.refit_every
+    epoch_steps: int = 2500
+    # priority: the priority a new online row starts with, relative to the largest so far (PER's max-priority rule)
+    initial_priority: float = 1.0
+
+
+def check_sampler_config(cfg: SamplerConfig) -> str | None:
+    """The first problem with a sampler config as one line, or None."""
+    if cfg.kind not in KINDS:
+        return f"sampler={cfg.kind!r} is unknown; choose one of {', '.join(KINDS)}."
+    if not 0.0 <= cfg.offline_share <= 1.0:
+        return f"sampler.offline_share={cfg.offline_share} must lie in [0, 1]."
+    if cfg.priority_alpha <= 0:
+        return f"sampler.priority_alpha={cfg.priority_alpha} must be positive."
+    if cfg.epoch_steps <= 0:
+        return f"sampler.epoch_steps={cfg.epoch_steps} must be a positive number of env steps."
+    if cfg.initial_priority <= 0:
+        return f"sampler.initial_priority={cfg.initial_priority} must be positive."
+    return None
+
+
+@dataclass
+class Sources:
+    """The trainer's stores. `model` is None when the world model is null."""
+
+    offline: TransitionStore | None
+    online: TransitionStore
+    model: TransitionStore | None = None
+
+
+def moore_offline_priority(epoch: int, alpha: float) -> float:
+    """MOORe's priority of every offline transition in online epoch t >= 1 (online ones have 1.0)."""
+    return 1.0 / (alpha * epoch)
+
+
+class BatchSampler:
+    """Every batch's composition: real rows by `real_shares`, imagined rows by `model_share`."""
+
+    def __init__(self, cfg: SamplerConfig, sources: Sources, real_ratio: float = 1.0):
+        self.cfg, self.sources = cfg, sources
+        self.real_ratio = real_ratio  # share of real rows when imagined rows exist (MOPO: 0.05)
+        self.uniform = {name: UniformSampler(store) for name, store in self.stores().items()}
+
+    def stores(self) -> dict[str, TransitionStore]:
+        s = self.sources
+        return {k: v for k, v in (("offline", s.offline), ("online", s.online), ("model", s.model)) if v is not None}
+
+    # --- composition ------------------------------------------------------------------
+    def real_shares(self, progress: Progress) -> dict[str, float]:
+        """Sampling mass of each real source (need not sum to 1); offline before online."""
+        offline, online = self.sources.offline, self.sources.online
+        if not progress.online:
+            return {"offline": 1.0} if offline is not None else {}
+        if offline is None or self.cfg.kind == "online_only":
+            return {"online": 1.0}
+        if self.cfg.kind == "symmetric":
+            return {"offline": self.cfg.offline_share, "online": 1.0 - self.cfg.offline_share}
+        if self.cfg.kind == "moore_decay":
+            return {"offline": len(offline) * self.offline_priority(progress), "online": float(len(online))}
+        return {"offline": float(len(offline)), "online": float(len(online))}  # uniform, priority (mass by tree)
+
+    def offline_priority(self, progress: Progress) -> float:
+        epoch = 1 + progress.env_steps // self.cfg.epoch_steps  # MOORe's online epoch t = 1, 2, ...
+        return moore_offline_priority(epoch, self.cfg.priority_alpha)
+
+    def real(self, progress: Progress) -> MixtureSampler | None:
+        shares = self.real_shares(progress)
+        if sum(shares.values()) <= 0:
+            return None
+        return MixtureSampler({k: self.uniform[k] for k in shares}, shares)
+
+    def ready(self, progress: Progress) -> bool:
+        """Whether a batch can be drawn now (some real source with mass holds rows)."""
+        real = self.real(progress)
+        return real is not None and len(real.active()) > 0
+
+    def uses_offline(self, progress: Progress) -> bool:
+        return self.real_shares(progress).get("offline", 0.0) > 0
+
+    def sample_real(self, n: int, progress: Progress, generator: torch.Generator | None = None) -> Batch:
+        """Real rows only: the real part of a batch, and the start states of model rollouts."""
+        return self.real(progress).sample(n, generator)
+
+    def sample(self, n: int, progress: Progress, generator: torch.Generator | None = None) -> Batch:
+        model = self.sources.model
+        if model is None or len(model) == 0 or self.real_ratio >= 1.0:
+            return self.sample_real(n, progress, generator)
+        n_real, n_model = split_counts(n, [self.real_ratio, 1.0 - self.real_ratio])
+        parts = []
+        if n_real > 0:
+            parts.append(self.sample_real(n_real, progress, generator))
+        if n_model > 0:
+            parts.append(self.uniform["model"].sample(n_model, generator))
+        return parts[0] if len(parts) == 1 else Batch.cat(parts)
+
+    # --- hooks --------------------------------------------------------------------------
+    def fit_weights(self, progress: Progress) -> Tensor | None:
+        """Per-row weights of the world model's refit data (offline rows first, then online);
+        None = uniform. MOORe refits with the same priorities it samples with."""
+        if self.cfg.kind != "moore_decay" or self.sources.offline is None:
+            return None
+        device = self.sources.online.device
+        return torch.cat([torch.full((len(self.sources.offline),), self.offline_priority(progress), device=device),
+                          torch.ones(len(self.sources.online), device=device)])
+
+    def rows_added(self, source: str, rows: Tensor) -> None:
+        """New rows were written to a store (the priority sampler gives them a start priority)."""
+
+    def after_update(self, batch: Batch, info: dict[str, Tensor]) -> None:
+        """After each gradient update; `info["priority"]` ([B]) is where an agent writes priorities back."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class PriorityBatchSampler(BatchSampler):
+    """Online real rows drawn proportionally to per-row priorities kept in a sum tree over the
+    offline rows (tree indices [0, N_off)) and the online store ([N_off, N_off + capacity)).
+
+    The agent returns `info["priority"]` ([B], one per batch row) from `update`; the real rows'
+    priorities are written back after every update (Off2On's balanced replay writes density
+    ratios this way). Rows start at `initial_priority` times the largest priority so far.
+    Sampling and updates cost O(log N) per row on the training device, and the tree is part of
+    the checkpoint.
+    """
+
+    def __init__(self, cfg: SamplerConfig, sources: Sources, real_ratio: float = 1.0):
+        super().__init__(cfg, sources, real_ratio)
+        self.num_offline = len(sources.offline) if sources.offline is not None else 0
+        device = sources.online.device
+        self.tree = SumTree(self.num_offline + sources.online.capacity, device)
+        if self.num_offline:
+            self.tree.update(torch.arange(self.num_offline, device=device),
+                             torch.full((self.num_offline,), cfg.initial_priority, device=device))
+        self.max_priority = torch.tensor(cfg.initial_priority, dtype=torch.float64, device=device)
+        self._real_rows = 0  # rows of the last batch that came from the tree (they come first)
+
+    def tree_index(self, source: Tensor, index: Tensor) -> Tensor:
+        return index + (source == SOURCE_IDS["online"]).long() * self.num_offline
+
+    def sample_real(self, n: int, progress: Progress, generator: torch.Generator | None = None) -> Batch:
+        self._real_rows = n
+        if not progress.online:
+            return super().sample_real(n, progress, generator)
+        idx = self.tree.sample(n, generator)  # [n] tree indices
+        online = self.sources.online
+        if self.sources.offline is None:
+            return online.gather(idx)
+        is_offline = idx < self.num_offline
+        from_offline = self.sources.offline.gather(idx.clamp(max=self.num_offline - 1))
+        from_online = online.gather((idx - self.num_offline).clamp(min=0, max=max(len(online) - 1, 0)))
+        return from_offline.select(is_offline, from_online)
+
+    def rows_added(self, source: str, rows: Tensor) -> None:
+        if source == "online":
+            start = (self.max_priority * self.cfg.initial_priority).expand(rows.shape[0])
+            self.tree.update(rows + self.num_offline, start)
+
+    def after_update(self, batch: Batch, info: dict[str, Tensor]) -> None:
+        priority = info.pop("priority", None)
+        if priority is None or batch.source is None:
+            return
+        n = self._real_rows  # imagined rows (after the real ones) have no tree entry
+        priority = priority.detach()[:n].double().clamp_min(1e-12)
+        self.tree.update(self.tree_index(batch.source[:n], batch.index[:n]), priority)
+        self.max_priority = torch.maximum(self.max_priority, priority.max())
+
+    def state_dict(self) -> dict:
+        return {"tree": self.tree.state_dict(), "max_priority": self.max_priority.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tree.load_state_dict(state["tree"])
+        self.max_priority = state["max_priority"].to(self.max_priority)
+
+
+def make_sampler(cfg: SamplerConfig, sources: Sources, real_ratio: float = 1.0) -> BatchSampler:
+    problem = check_sampler_config(cfg)
+    if problem:
+        raise ValueError(problem)
+    cls = PriorityBatchSampler if cfg.kind == "priority" else BatchSampler
+    return cls(cfg, sources, real_ratio)

@@ -1,6 +1,7 @@
-"""Build a D4RL-style Minari dataset from the recipe (see worldmodels/data/recipes.py).
+"""Build a D4RL-style Minari dataset from the recipe (see worldmodels/data/recipes.py), with SAC as
+the behaviour learner (agents/core/behaviour.py).
 
-    python -m worldmodels.data.make env_id=Hopper-v5 quality=medium size=20000 train_steps=30000 seed=0
+    python -m agents.tools.make_dataset env_id=Hopper-v5 quality=medium size=20000 train_steps=30000 seed=0
 
 Arguments are key=value (the same keys as `dataset.*` in the agent configs, plus
 device=auto|cpu|cuda). A dataset that exists is found at once. The last line printed is
@@ -12,9 +13,13 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 
+from agents.core.behaviour import SACBehaviour
+from agents.core.config import ConfigError, resolve_device
 from worldmodels.data.recipes import QUALITIES, Recipe, build
 
-USAGE = "usage: python -m worldmodels.data.make env_id=ENV quality=Q [size=N] [train_steps=N] [seed=N] [device=D]"
+USAGE = (
+    "usage: python -m agents.tools.make_dataset env_id=ENV quality=Q [size=N] [train_steps=N] [seed=N] [device=D]"
+)
 
 
 def parse(argv: list[str]) -> tuple[Recipe, str]:
@@ -44,11 +49,9 @@ def parse(argv: list[str]) -> tuple[Recipe, str]:
 
 
 def main(argv: list[str] | None = None) -> str:
-    from agents.core.config import ConfigError, resolve_device
-
     recipe, device = parse(sys.argv[1:] if argv is None else argv)
     try:
-        dataset_id = build(recipe, resolve_device(device))
+        dataset_id = build(recipe, SACBehaviour(), resolve_device(device))
     except (ConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(dataset_id)

@@ -1,0 +1,1 @@
+"""Command-line tools that need both layers: the model/data layer (worldmodels) and the agents."""
