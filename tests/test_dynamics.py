@@ -469,3 +469,91 @@ def test_make_uncertainty_names():
         make_uncertainty("mopo", model)
     for name in ("aleatoric", "disagreement", "ensemble_std", "total_variance", "q_std"):
         assert name in str(err.value)
+
+
+# ------------------------------------------------------------------ normalize_targets
+
+# Per-target scales of (delta obs, reward) spanning 25x in std, kept inside the default log-variance bounds.
+TARGET_SCALE = torch.tensor([0.2, 1.0, 5.0, 3.0])
+
+
+def scaled_linear_gaussian(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    data = linear_gaussian(n, gen)
+    delta = (data["next_obs"] - data["obs"]) * TARGET_SCALE[:OBS_DIM]
+    return data | {"next_obs": data["obs"] + delta, "rew": data["rew"] * TARGET_SCALE[OBS_DIM]}
+
+
+def test_raw_targets_recover_the_truth_in_raw_units():
+    """normalize_targets=False: predict, step and the aleatoric penalty are in raw units, as with True."""
+    gen = torch.Generator().manual_seed(0)
+    data = scaled_linear_gaussian(4000, gen)
+    models = {}
+    for normalize in (False, True):
+        torch.manual_seed(0)
+        models[normalize] = small_model(normalize_targets=normalize)
+        report = models[normalize].fit(data, batch_size=128, max_epochs=20, patience=20, generator=gen)
+    raw = models[False]
+    assert torch.equal(raw.target_mean, torch.zeros(OBS_DIM + 1))
+    assert torch.equal(raw.target_std, torch.ones(OBS_DIM + 1))
+    assert not torch.equal(models[True].target_std, torch.ones(OBS_DIM + 1))
+    # the holdout MSE (early stopping, elites) is in raw units: recompute it from predict()
+    hold = report.holdout_indices
+    del report
+    report = raw.fit(data, batch_size=128, max_epochs=1, generator=gen)
+    hold = report.holdout_indices
+    mean, _ = raw.predict(data["obs"][hold], data["act"][hold])
+    targets = torch.cat([data["next_obs"][hold] - data["obs"][hold], data["rew"][hold, None]], dim=-1)
+    assert_close((mean - targets).square().mean(dim=(1, 2)), torch.tensor(report.holdout_mse), rtol=1e-4, atol=1e-7)
+
+    test = linear_gaussian(2000, torch.Generator().manual_seed(1))
+    truth = torch.cat([test["obs"] @ A.T + test["act"] @ B.T, (0.2 * test["obs"][:, 0] - 0.1 * test["act"][:, 1])[:, None]], -1)
+    truth = truth * TARGET_SCALE  # [B, D]
+    true_std = torch.cat([SIGMA, torch.tensor([SIGMA_R])]) * TARGET_SCALE  # [D]
+    for normalize, model in models.items():
+        mean, _ = model.predict(test["obs"], test["act"])
+        err = (mean[model.elite_indices].mean(0) - truth).square().mean(0)  # [D]
+        # R^2 > 0.9 on every dim (observed > 0.97); a units mix-up is off by the scales (25x)
+        assert bool((err < 0.1 * truth.var(0)).all()), (normalize, err / truth.var(0))
+        # MOPO's penalty ~ ||true noise std|| in raw units (observed within 11%)
+        u = AleatoricMax(model)(test["obs"], test["act"]).mean()
+        assert_close(u, true_std.norm(), rtol=0.3, atol=0.0)
+        step = model.step(test["obs"], test["act"], generator=torch.Generator().manual_seed(0), propagation="mean")
+        assert_close(step.rew, mean[model.elite_indices].mean(0)[:, -1])
+
+
+def test_normalize_targets_survives_save_load(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    data = scaled_linear_gaussian(600, gen)
+    model = small_model(normalize_targets=False)
+    model.fit(data, max_epochs=2, generator=gen)
+    model.save(tmp_path / "raw.pt")
+    loaded = DynamicsEnsemble.load(tmp_path / "raw.pt")
+    assert loaded.normalize_targets is False and loaded.config()["normalize_targets"] is False
+    obs, act = data["obs"][:50], data["act"][:50]
+    for a, b in zip(model.predict(obs, act), loaded.predict(obs, act), strict=True):
+        assert torch.equal(a, b)
+    # a refit of the loaded model keeps the identity target scaler
+    loaded.fit(data, max_epochs=1, generator=gen)
+    assert torch.equal(loaded.target_std, torch.ones(OBS_DIM + 1))
+    # files written before the option existed standardized their targets
+    payload = torch.load(tmp_path / "raw.pt", weights_only=True)
+    del payload["config"]["normalize_targets"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert DynamicsEnsemble.load(tmp_path / "old.pt").normalize_targets is True
+
+
+def test_normalize_targets_true_is_the_default_bitwise():
+    data = scaled_linear_gaussian(600, torch.Generator().manual_seed(5))
+    models = []
+    for kw in ({}, {"normalize_targets": True}):
+        torch.manual_seed(0)
+        model = small_model(**kw)
+        model.fit(data, max_epochs=2, generator=torch.Generator().manual_seed(6))
+        models.append(model)
+    default, explicit = models
+    assert default.normalize_targets is True
+    for (name, a), (_, b) in zip(default.state_dict().items(), explicit.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    obs, act = data["obs"][:50], data["act"][:50]
+    for a, b in zip(default.predict(obs, act), explicit.predict(obs, act), strict=True):
+        assert torch.equal(a, b)

@@ -116,7 +116,7 @@ def test_kill_and_resume_is_exact(tmp_path, dataset, uninterrupted, stop_after, 
     first.stop_after = stop_after
     assert first.run() == {}  # stopped, as if killed right after its checkpoint
     assert not (tmp_path / "summary.json").exists()
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert (ckpt["trainer"]["offline_updates"], ckpt["trainer"]["env_steps"]) == (offline_updates, env_steps)
     # a real kill may land after rows were written past the checkpoint: they must not survive
     for name in ("train.csv", "eval.csv"):
@@ -175,7 +175,7 @@ def test_cli_resume_false_starts_over(agent_runs, tiny_dataset_id, tmp_path):
     # only the new run's rows: nothing kept or appended from the finished run
     assert [float(r["step"]) for r in read_rows(run_dir / "eval.csv")] == [20, 40]
     assert [float(r["step"]) for r in read_rows(run_dir / "train.csv")] == [20, 40]
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["trainer"]["offline_updates"] == 20 and ckpt["trainer"]["done"]
 
 

@@ -1,8 +1,9 @@
 """DynamicsEnsemble: a probabilistic ensemble world model with normalization, holdout/elites and sampling.
 
 Targets are (next_obs - obs, reward), built from the stored ``next_obs`` only (never from obs[t + 1], which
-would cross episode ends at time-limit truncations). Inputs and targets are standardized with training-data
-statistics (stored as buffers); ``predict`` and ``step`` work in the original (denormalized) units.
+would cross episode ends at time-limit truncations). Inputs are standardized with training-data statistics
+(stored as buffers); targets too when ``normalize_targets`` (the default here; MBPO and OfflineRL-Kit standardize
+the inputs only). ``predict`` and ``step`` work in the original (denormalized) units either way.
 
 Defaults follow MOPO (Yu et al. 2020) as implemented in OfflineRL-Kit: 7 members, 5 elites, 4x200 SiLU, Adam
 1e-3, batch 256, holdout min(20%, 1000), improvement threshold 1% relative, patience 5.
@@ -48,7 +49,8 @@ def native_bf16(device: torch.device | str) -> bool:
 class FitReport:
     """Outcome of ``DynamicsEnsemble.fit``.
 
-    holdout_mse: best holdout MSE per member, in normalized target units (the early-stopping metric).
+    holdout_mse: best holdout MSE per member (the early-stopping metric), in the fit's target units: standardized
+        with ``normalize_targets``, else raw (delta obs, reward) units.
     elite_indices: the ``num_elites`` members with the lowest holdout MSE, best first.
     epochs: epochs run (the last may be partial when ``max_seconds`` ran out).
     seconds: wall-clock time of the fit.
@@ -104,6 +106,12 @@ class DynamicsEnsemble(nn.Module):
             benchmarks/model_precision.py measures the trade: on the default HalfCheetah dataset bf16 fits
             reach the holdout MSE and NLL of float32 fits within their seed spread (MSE 0.0865 against 0.0864,
             seed sd 0.0027) at 1.4x the fit speed.
+        normalize_targets: standardize the regression targets (delta obs, reward) with their training mean and
+            std, as inputs always are (True, the default: this class's original behaviour). False keeps the
+            targets in raw units, as MBPO (Janner et al. 2019) and OfflineRL-Kit's MOPO do (they standardize
+            inputs only): the target scaler is then the identity (mean 0, std 1), so the NLL loss, the holdout
+            MSE, early stopping and the elites weigh each dimension by its raw scale. Saved with the model.
+            ``predict``, ``step`` and the uncertainty estimators read raw units in both modes.
         device: where every tensor lives.
     """
 
@@ -119,6 +127,7 @@ class DynamicsEnsemble(nn.Module):
         termination_fn: TerminationFn | str | None = None,
         learn_termination: bool = False,
         train_precision: str = "float32",
+        normalize_targets: bool = True,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
@@ -140,6 +149,7 @@ class DynamicsEnsemble(nn.Module):
         self.lr = float(lr)
         self.weight_decays = tuple(float(w) for w in weight_decays)
         self.learn_termination = bool(learn_termination)
+        self.normalize_targets = bool(normalize_targets)
 
         self.termination_id: str | None = None
         if isinstance(termination_fn, str):
@@ -365,17 +375,20 @@ class DynamicsEnsemble(nn.Module):
 
         inputs = torch.cat([d["obs"], d["act"]], dim=-1)  # [N, in]
         targets = torch.cat([d["next_obs"] - d["obs"], d["rew"].unsqueeze(-1)], dim=-1)  # [N, D]
+        scaled = [(self.in_mean, self.in_std, inputs[train_idx])]
+        if self.normalize_targets:
+            scaled.append((self.target_mean, self.target_std, targets[train_idx]))
         with torch.no_grad():
-            for buf_mean, buf_std, values in (
-                (self.in_mean, self.in_std, inputs[train_idx]),
-                (self.target_mean, self.target_std, targets[train_idx]),
-            ):
+            for buf_mean, buf_std, values in scaled:
                 std, mean = torch.std_mean(values, dim=0, correction=0)
                 buf_mean.copy_(mean)
                 # constant dims are left unscaled
                 buf_std.copy_(torch.where(std < 1e-8, torch.ones_like(std), std))
+            if not self.normalize_targets:  # identity scaler: predict() then returns the net's outputs as they are
+                self.target_mean.zero_()
+                self.target_std.fill_(1.0)
         x_all = (inputs - self.in_mean) / self.in_std
-        y_all = (targets - self.target_mean) / self.target_std
+        y_all = (targets - self.target_mean) / self.target_std if self.normalize_targets else targets
         x_train, y_train = x_all[train_idx], y_all[train_idx]  # [n, in], [n, D]
         x_hold, y_hold = x_all[hold_idx], y_all[hold_idx]  # [H, in], [H, D]
         w_train = w_hold = None
@@ -478,6 +491,7 @@ class DynamicsEnsemble(nn.Module):
             "termination": termination,
             "learn_termination": self.learn_termination,
             "train_precision": self.train_precision,
+            "normalize_targets": self.normalize_targets,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -509,6 +523,7 @@ class DynamicsEnsemble(nn.Module):
         if payload.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a DynamicsEnsemble checkpoint (format {payload.get('format')!r})")
         config = dict(payload["config"])
+        config.setdefault("normalize_targets", True)  # files saved before the option standardized targets
         termination = config.pop("termination")
         if termination == "custom" and termination_fn is None:
             raise ValueError(f"{path} was saved with a custom termination_fn; pass it to load(termination_fn=...)")

@@ -39,6 +39,9 @@ class WorldModelConfig:
     # auto: bf16 autocast for fitting where the device multiplies bf16 natively, else float32 (our choice, measured
     # to fit as well as float32 by benchmarks/model_precision.py; see DynamicsEnsemble) | float32 | bfloat16
     train_precision: str = "auto"
+    # standardize the regression targets (delta obs, reward) as well as the inputs (our original behaviour); false =
+    # raw-unit targets, as MBPO (Janner et al. 2019) and OfflineRL-Kit's MOPO. See DynamicsEnsemble.
+    normalize_targets: bool = True
     fit_max_epochs: int | None = None  # None = early stopping only (MOPO)
     fit_max_seconds: float | None = None  # wall-clock cap per fit (None = none)
     refit_every: int = 0  # online env steps between refits on offline + online data (0 = never)
@@ -177,7 +180,7 @@ def make_dynamics(cfg: WorldModelConfig, obs_dim: int, act_dim: int, env_id: str
     return DynamicsEnsemble(
         obs_dim, act_dim, cfg.ensemble_size, cfg.num_elites, cfg.hidden, cfg.lr, weight_decays(cfg),
         termination_fn=rule, learn_termination=rule is None and cfg.termination != "none",
-        train_precision=cfg.train_precision, device=device,
+        train_precision=cfg.train_precision, normalize_targets=cfg.normalize_targets, device=device,
     )
 
 

@@ -8,7 +8,8 @@ line naming the problem and the fix and exit with status 2.
 from __future__ import annotations
 
 import json
-import shutil
+import pickle
+import signal
 import sys
 from pathlib import Path
 
@@ -18,10 +19,13 @@ import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from agents.core.agent import Agent, EnvSpec
 from agents.core.behaviour import SACBehaviour
+from agents.core.checkpoint import CheckpointError
 from agents.core.config import ConfigError, RunConfig, check_run_config, resolve_device
+from agents.core.rundir import RunDirError, RunLock, prepare_run_dir
 from agents.core.trainer import Trainer, seed_everything
 from worldmodels.data.minari_load import DatasetError, OfflineDataset, load_offline_dataset
 from worldmodels.data.recipes import Recipe, build
@@ -57,43 +61,6 @@ def offline_store(ds: OfflineDataset, device: torch.device) -> TransitionStore:
     )
 
 
-def check_run_dir(run_dir: Path, cfg_yaml: str, resume: bool) -> None:
-    """A run directory belongs to one config: resuming with another one is refused."""
-    saved = run_dir / "run_config.yaml"
-    if not resume:
-        for path in [*run_dir.glob("*.csv"), run_dir / "checkpoint.pt", run_dir / "summary.json",
-                     run_dir / "dynamics.pt"]:
-            path.unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "tb", ignore_errors=True)
-    elif saved.exists() and (run_dir / "checkpoint.pt").exists():
-        old, new = OmegaConf.create(saved.read_text()), OmegaConf.create(cfg_yaml)
-        for key in RESUMABLE_KEYS:
-            OmegaConf.update(old, key, None, force_add=True)
-            OmegaConf.update(new, key, None, force_add=True)
-        if old != new:
-            diff = [k for k in _flat(new) if _flat(old).get(k) != _flat(new).get(k)]
-            raise ConfigError(
-                f"{run_dir} holds a run with a different config (differs in: {', '.join(diff) or 'keys'}). "
-                "Resume it with its own config, pick another hydra.run.dir, or pass resume=false to start over."
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(cfg_yaml)
-
-
-def _flat(cfg) -> dict:
-    out: dict = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-
-    walk(OmegaConf.to_container(cfg), "")
-    return out
-
-
 def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     """Everything a run needs, from a composed config: data, env, agent, trainer."""
     check_run_config(cfg)
@@ -107,6 +74,10 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
         validate(dataset, env.observation_space, env.action_space)
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         raise ConfigError(f"{env_id}: only flat Box observations are supported, got {env.observation_space}.")
+    if not isinstance(env.action_space, gym.spaces.Box) or len(env.action_space.shape) != 1:
+        env.close()
+        raise ConfigError(f"{env_id} has {env.action_space} actions; the agents here act in continuous (Box) action "
+                          "spaces: pick a task with continuous actions (e.g. dataset.env_id=Pendulum-v1).")
     low, high = box_bounds(env)
     env.close()
     seed_everything(cfg.seed)
@@ -115,32 +86,75 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     refs = (dataset.ref_min_score, dataset.ref_max_score) if dataset is not None else (None, None)
     extra = {"dataset_id": dataset.dataset_id if dataset is not None else None, "env_id": env_id,
              "experiment": cfg.experiment, "device": str(device)}
-    world = make_world_model(cfg.world_model, cfg.rollout, spec.obs_dim, spec.act_dim, env_id, device)
+    try:
+        world = make_world_model(cfg.world_model, cfg.rollout, spec.obs_dim, spec.act_dim, env_id, device)
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
+        if not cfg.world_model.load_path:
+            raise
+        raise ConfigError(f"world_model.load_path={cfg.world_model.load_path} is not a saved dynamics model "
+                          f"({one_line(err)}); give the dynamics.pt of a model-based run's directory.") from err
     return Trainer(agent, cfg.trainer, lambda: make_env(env_id),
                    offline_store(dataset, device) if dataset is not None else None,
                    run_dir, seed=cfg.seed, ref_scores=refs, summary_extra=extra, world=world, sampler=cfg.sampler)
 
 
+USER_ERRORS = (DatasetError, ConfigError, CheckpointError, RunDirError, gym.error.Error)
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def execute(agent_cls: type[Agent], cfg, run_dir: Path) -> dict:
-    """Run one job from a composed (Omega)config; user errors exit with status 2."""
+    """Run one job from a composed (Omega)config. The config is validated and the data loaded
+    before the run directory is touched; user errors exit with status 2 and one line; Ctrl-C or
+    SIGTERM checkpoint and exit with 128 + the signal number."""
     try:
         cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        run_cfg: RunConfig = OmegaConf.to_object(cfg)
-        check_run_dir(run_dir, cfg_yaml, run_cfg.resume)
+        try:
+            run_cfg: RunConfig = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException as err:
+            raise ConfigError(one_line(err)) from err
         trainer = build_run(agent_cls, run_cfg, run_dir)
-        summary = trainer.run()
-    except (DatasetError, ConfigError, gym.error.Error) as err:
-        print(f"error: {err}", file=sys.stderr)
+        with RunLock(run_dir):
+            prepare_run_dir(run_dir, cfg_yaml, run_cfg.resume, RESUMABLE_KEYS)
+            summary = trainer.run()
+    except USER_ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    if trainer.interrupted:
+        print(f"stopped by {trainer.interrupted} at update {trainer.state.updates}, env step "
+              f"{trainer.state.env_steps}; the checkpoint in {run_dir} is current: run the same command to resume.",
+              file=sys.stderr)
+        sys.exit(128 + int(getattr(signal, trainer.interrupted)))
     print(json.dumps(summary))
     return summary
 
 
 def run(agent_cls: type[Agent], config_cls: type, name: str) -> None:
     ConfigStore.instance().store(name=f"{name}_schema", node=RunConfig(agent=config_cls()))
+    started = False
 
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=name)
     def _main(cfg) -> None:
+        nonlocal started
+        started = True
         execute(agent_cls, cfg, Path(HydraConfig.get().runtime.output_dir))
 
-    _main()
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        print(f"python -m agents.{name}: {introduction(agent_cls)}\n")
+    try:
+        _main()
+    except SystemExit as exit_:
+        # hydra reports a bad override (seed=abc, an unknown key or group option) in a few lines
+        # and exits 1 before the job starts: that is a config error like any other, status 2
+        if exit_.code == 1 and not started:
+            sys.exit(2)
+        raise
+
+
+def introduction(agent_cls: type[Agent]) -> str:
+    """The first lines of the agent module's docstring: the paper and what the agent does."""
+    doc = (sys.modules[agent_cls.__module__].__doc__ or agent_cls.__name__).strip()
+    return doc.split("\n\n")[0].replace("\n", " ")

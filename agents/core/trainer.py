@@ -20,6 +20,7 @@ and reproduces the uninterrupted run exactly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -34,7 +35,17 @@ import torch
 from tqdm.auto import tqdm
 
 from agents.core.agent import Agent
+from agents.core.checkpoint import (
+    CheckpointError,
+    NonFiniteError,
+    first_non_finite,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from agents.core.config import TrainerConfig
+from agents.core.interrupt import graceful_interrupts
 from agents.core.logging import RunLogger, scalars
 from worldmodels.data.fields import add_fields, fill_episode, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
@@ -75,19 +86,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class DivergedError(NonFiniteError):
+    """A loss or parameter became NaN/inf; the last good checkpoint is kept."""
 
 
 class Trainer:
@@ -133,6 +133,8 @@ class Trainer:
         self.stop_after: int | None = None  # testing aid: stop (as if killed) after this many checkpoints
         self._checkpoints_written = 0
         self._info: dict = {}  # the latest update's metrics (logged every log_every)
+        self.stop = graceful_interrupts(announce=False)  # active while run() runs
+        self.interrupted: str | None = None  # the signal that stopped the run (SIGINT, SIGTERM), if any
         self.tensorboard = tensorboard
 
     # --- public ---------------------------------------------------------------------
@@ -159,12 +161,13 @@ class Trainer:
                         mininterval=0.2 if sys.stderr.isatty() else 30.0)  # logs stay readable
         self._clock = time.perf_counter()
         try:
-            if self.offline is not None and not self.offline_phase():
-                return {}
-            if not self.online_phase():
-                return {}
-            self.state.done = True
-            self.save_checkpoint()
+            with self.stop:  # Ctrl-C / SIGTERM: checkpoint at the next step, then stop
+                if self.offline is not None and not self.offline_phase():
+                    return {}
+                if not self.online_phase():
+                    return {}
+                self.state.done = True
+                self.save_checkpoint()
         finally:
             self.bar.close()
             self.logger.close()
@@ -193,11 +196,13 @@ class Trainer:
             st.offline_updates += 1
             self.bar.update(1)
             if st.offline_updates % cfg.log_every == 0:
-                self.logger.log("train", self.global_step, {"phase": 0} | scalars(self._info))
+                self.log_train(0)
             if st.offline_updates % cfg.eval_every == 0 or st.offline_updates == cfg.offline_updates:
                 self.evaluate("offline")
             if st.offline_updates % cfg.checkpoint_every == 0 and not self.checkpoint_and_continue():
                 return False
+            if self.stop.requested:
+                return self.interrupt()
         return True
 
     def online_phase(self) -> bool:
@@ -221,12 +226,36 @@ class Trainer:
                     self.train_step()
             self.bar.update(1)
             if st.env_steps % cfg.log_every == 0 and self._info:
-                self.logger.log("train", self.global_step, {"phase": 1} | scalars(self._info))
+                self.log_train(1)
             if st.env_steps % cfg.eval_every == 0 or st.env_steps == cfg.online_steps:
                 self.evaluate("online")
             if st.env_steps % cfg.checkpoint_every == 0 and not self.checkpoint_and_continue():
                 return False
+            if self.stop.requested:
+                return self.interrupt()
         return True
+
+    def log_train(self, phase: int) -> None:
+        """Log the latest update's metrics; a non-finite loss stops the run here (one host sync
+        per log_every updates, none in between)."""
+        row = scalars(self._info)
+        bad = next((k for k, v in row.items() if not math.isfinite(v)), None)
+        if bad is not None:
+            raise DivergedError(f"the run diverged: {bad} = {row[bad]} at update {self.state.updates}; "
+                                f"{self.last_good()}")
+        self.logger.log("train", self.global_step, {"phase": phase} | row)
+
+    def last_good(self) -> str:
+        if self.checkpoint_path.exists():
+            return (f"the last good checkpoint {self.checkpoint_path} is kept: resume from it with a smaller learning "
+                    "rate (or another seed and resume=false)")
+        return "no checkpoint was written before it; try a smaller learning rate or another seed"
+
+    def interrupt(self) -> bool:
+        """Stop at a signal: checkpoint now (atomically), so the same command resumes from here."""
+        self.save_checkpoint()
+        self.interrupted = self.stop.signal_name
+        return False
 
     def train_step(self) -> None:
         """One gradient update on one batch; the sampler may read the update's priorities back."""
@@ -353,12 +382,26 @@ class Trainer:
             "world": self.world.state_dict() if self.world is not None else {},
             "sampler": self.sampler.state_dict(),
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)  # atomic: a kill never leaves a half-written checkpoint
+        bad = first_non_finite(self.agent)
+        if bad is not None:
+            raise DivergedError(f"the run diverged: agent parameter {bad} is not finite at update "
+                                f"{self.state.updates}; {self.last_good()}")
+        # atomic, plain data only (loads with weights_only=True), refuses non-finite tensors; the dynamics
+        # ensemble's holdout error is inf by design until its first fit
+        save_checkpoint(self.checkpoint_path, state, allow_non_finite=("world/model/holdout_mse",))
 
     def load_checkpoint(self) -> bool:
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(self.checkpoint_path, self.device,
+                                required=("trainer", "agent", "online", "rng", "log_rows", "world", "sampler"))
+        try:
+            self.restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(f"{self.checkpoint_path} does not fit this run ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:200] if str(err) else ''}); move it away to start "
+                                  "over, or pass resume=false") from err
+        return True
+
+    def restore(self, state: dict) -> None:
         self.state = TrainerState(**state["trainer"])
         self.agent.load_state_dict(state["agent"])
         self.online.load_state_dict(state["online"])
@@ -370,7 +413,6 @@ class Trainer:
         if self.world is not None:
             self.world.load_state_dict(state["world"])
         self.sampler.load_state_dict(state["sampler"])
-        return True
 
     # --- summary --------------------------------------------------------------------
     def write_summary(self) -> dict:
