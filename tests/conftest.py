@@ -219,7 +219,7 @@ def _start_background_runs(request):
     files = {item.path.name for item in request.session.items}
     if "test_agents_e2e.py" in files:
         request.getfixturevalue("cli_error_runs")
-    if files & {"test_agents_e2e.py", "test_trainer.py"}:
+    if files & {"test_agents_e2e.py", "test_trainer.py", "test_hostile.py"}:
         request.getfixturevalue("agent_runs")
     yield
     for p in _STARTED:  # never leave a process behind (e.g. after a failing or interrupted test)
@@ -230,5 +230,5 @@ def _start_background_runs(request):
 
 def pytest_collection_modifyitems(session, config, items):
     # tests that wait on the background CLI runs go last (stable sort keeps the rest in order)
-    last = {"test_trainer.py": 1, "test_agents_e2e.py": 2}
+    last = {"test_trainer.py": 1, "test_agents_e2e.py": 2, "test_hostile.py": 3}
     items.sort(key=lambda item: last.get(item.path.name, 0))

@@ -487,27 +487,24 @@ def test_raw_targets_recover_the_truth_in_raw_units():
     """normalize_targets=False: predict, step and the aleatoric penalty are in raw units, as with True."""
     gen = torch.Generator().manual_seed(0)
     data = scaled_linear_gaussian(4000, gen)
-    models = {}
+    models, reports = {}, {}
     for normalize in (False, True):
         torch.manual_seed(0)
         models[normalize] = small_model(normalize_targets=normalize)
-        report = models[normalize].fit(data, batch_size=128, max_epochs=20, patience=20, generator=gen)
-    raw = models[False]
+        reports[normalize] = models[normalize].fit(data, batch_size=128, max_epochs=20, patience=20, generator=gen)
+    raw, report = models[False], reports[False]
     assert torch.equal(raw.target_mean, torch.zeros(OBS_DIM + 1))
     assert torch.equal(raw.target_std, torch.ones(OBS_DIM + 1))
     assert not torch.equal(models[True].target_std, torch.ones(OBS_DIM + 1))
     # the holdout MSE (early stopping, elites) is in raw units: recompute it from predict()
-    hold = report.holdout_indices
-    del report
-    report = raw.fit(data, batch_size=128, max_epochs=1, generator=gen)
     hold = report.holdout_indices
     mean, _ = raw.predict(data["obs"][hold], data["act"][hold])
     targets = torch.cat([data["next_obs"][hold] - data["obs"][hold], data["rew"][hold, None]], dim=-1)
     assert_close((mean - targets).square().mean(dim=(1, 2)), torch.tensor(report.holdout_mse), rtol=1e-4, atol=1e-7)
 
     test = linear_gaussian(2000, torch.Generator().manual_seed(1))
-    truth = torch.cat([test["obs"] @ A.T + test["act"] @ B.T, (0.2 * test["obs"][:, 0] - 0.1 * test["act"][:, 1])[:, None]], -1)
-    truth = truth * TARGET_SCALE  # [B, D]
+    true_rew = 0.2 * test["obs"][:, 0] - 0.1 * test["act"][:, 1]
+    truth = torch.cat([test["obs"] @ A.T + test["act"] @ B.T, true_rew[:, None]], -1) * TARGET_SCALE  # [B, D]
     true_std = torch.cat([SIGMA, torch.tensor([SIGMA_R])]) * TARGET_SCALE  # [D]
     for normalize, model in models.items():
         mean, _ = model.predict(test["obs"], test["act"])

@@ -458,3 +458,242 @@ def test_second_sigint_force_quits_and_handlers_come_back(own_handlers):
         _wait_for(lambda: False)  # KeyboardInterrupt arrives here
     assert signal.getsignal(signal.SIGINT) is own_handlers
     assert signal.getsignal(signal.SIGTERM) is own_handlers
+
+
+# ==============================================================================================
+# CLI-level cases: what a user sees from `python -m agents.<name>` (every new entry point joins)
+# ==============================================================================================
+from conftest import Pending, agent_cmd  # noqa: E402
+
+MARKER_SCRIPT = "the file's author ran code here"
+
+
+def payload_file(path: Path, marker: Path, wrap: dict | None = None) -> None:
+    """A torch file whose unpickling would create `marker`."""
+    state = (wrap or {}) | {"agent": Payload(marker)}
+    torch.save(state, path)
+
+
+def copy_run(src: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dest)
+    (dest / ".lock").unlink(missing_ok=True)
+    return dest
+
+
+def contents(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "run_config.yaml"}
+
+
+def error_line(result) -> str:
+    """The run failed with exit 2 and one `error:` line, no traceback."""
+    assert result.returncode == 2, result.describe()
+    assert "Traceback" not in result.stderr, result.describe()
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.describe()
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_td3bc(agent_runs) -> Path:
+    result = agent_runs["td3bc"].result()
+    assert result.returncode == 0, result.describe()
+    return result.run_dir
+
+
+@pytest.fixture(scope="module")
+def hostile_cli(tmp_path_factory, finished_td3bc, tiny_dataset_id) -> dict[str, tuple[Pending, Path, dict]]:
+    """Every CLI case prepared first, then all started at once (2 cores: they overlap)."""
+    root = tmp_path_factory.mktemp("hostile-cli")
+    cases: dict[str, tuple[list[str], Path, dict]] = {}
+
+    def td3bc(name: str, run_dir: Path, **overrides) -> None:
+        cases[name] = (agent_cmd("td3bc", run_dir, tiny_dataset_id, **overrides), run_dir, {})
+
+    # a crafted checkpoint.pt in a shared run directory
+    d = copy_run(finished_td3bc, root / "ckpt-payload")
+    payload_file(d / "checkpoint.pt", root / "pwned-ckpt", {"trainer": {}})
+    td3bc("ckpt_payload", d)
+    # a crafted dynamics model passed as world_model.load_path
+    bad_model = root / "dynamics.pt"
+    payload_file(bad_model, root / "pwned-dyn")
+    cases["dyn_payload"] = (agent_cmd("mopo", root / "dyn", tiny_dataset_id,
+                                      **{"world_model.load_path": str(bad_model)}), root / "dyn", {})
+    # a crafted behaviour-run checkpoint in the recipe cache (the dataset of a new recipe seed)
+    cache = Path(os.environ["O2O_CACHE"]) / "behaviour" / "HalfCheetah-v5-t600-seed11"
+    cache.mkdir(parents=True, exist_ok=True)
+    payload_file(cache / "checkpoint.pt", root / "pwned-cache", {"trainer": {}})
+    cases["cache_payload"] = (agent_cmd("td3bc", root / "cache", None, **{
+        "dataset.env_id": "HalfCheetah-v5", "dataset.quality": "medium-replay", "dataset.size": "1000",
+        "dataset.train_steps": "600", "dataset.seed": "11"}), root / "cache", {"file": cache / "checkpoint.pt"})
+    # a truncated checkpoint
+    d = copy_run(finished_td3bc, root / "truncated")
+    data = (d / "checkpoint.pt").read_bytes()
+    (d / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    td3bc("truncated", d)
+    # resume=false plus a bad value elsewhere: validation fails before anything is moved
+    d = copy_run(finished_td3bc, root / "typo")
+    td3bc("typo", d, resume="false", **{"trainer.batch_size": "0"})
+    cases["typo"][2]["before"] = contents(d)
+    # results of another config without a checkpoint: refused, not overwritten
+    d = copy_run(finished_td3bc, root / "no-ckpt")
+    (d / "checkpoint.pt").unlink()
+    td3bc("other_seed", d, seed="1")
+    cases["other_seed"][2]["before"] = contents(d)
+    # resume=false moves the previous run aside
+    d = copy_run(finished_td3bc, root / "restart")
+    td3bc("restart", d, resume="false")
+    cases["restart"][2]["before"] = contents(d)
+    # a directory locked by a live process, and one whose owner is dead
+    d = root / "locked"
+    d.mkdir()
+    (d / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    td3bc("locked", d)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    d = root / "stale"
+    d.mkdir()
+    (d / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    td3bc("stale_lock", d)
+    # inputs that are wrong in themselves
+    cases["discrete"] = (agent_cmd("sac", root / "cartpole", None, **{
+        "dataset": "none", "dataset.env_id": "CartPole-v1", "trainer.offline_updates": "0"}), root / "cartpole", {})
+    cases["ensemble_size"] = (agent_cmd("mopo", root / "ens", tiny_dataset_id, **{"world_model.ensemble_size": "0"}),
+                              root / "ens", {})
+    cases["seed_abc"] = (agent_cmd("td3bc", root / "abc", tiny_dataset_id, seed="abc"), root / "abc", {})
+    (root / "a-file").write_text("not a directory")
+    cases["file_dir"] = (agent_cmd("td3bc", root / "a-file", tiny_dataset_id), root / "a-file", {})
+    cases["not_a_model"] = (agent_cmd("mopo", root / "nam", tiny_dataset_id, **{
+        "world_model.load_path": str(finished_td3bc / "summary.json")}), root / "nam", {})
+    return {k: (Pending(cmd, run_dir).start(), run_dir, extra) for k, (cmd, run_dir, extra) in cases.items()}
+
+
+def result_of(hostile_cli, name):
+    pending, run_dir, extra = hostile_cli[name]
+    return pending.result(), run_dir, extra
+
+
+@pytest.mark.parametrize(("case", "marker", "names"), [
+    ("ckpt_payload", "pwned-ckpt", "checkpoint.pt"),
+    ("dyn_payload", "pwned-dyn", "world_model.load_path"),
+    ("cache_payload", "pwned-cache", "checkpoint.pt"),
+])
+def test_cli_never_runs_code_from_a_file(hostile_cli, case, marker, names):
+    result, run_dir, extra = result_of(hostile_cli, case)
+    line = error_line(result)
+    assert names in line, line
+    if "file" in extra:
+        assert str(extra["file"]) in line, line
+    assert not (run_dir.parent / marker).exists()
+
+
+def test_cli_truncated_checkpoint_names_it_and_the_ways_out(hostile_cli):
+    result, run_dir, _ = result_of(hostile_cli, "truncated")
+    line = error_line(result)
+    assert str(run_dir / "checkpoint.pt") in line and "resume=false" in line and "move it away" in line, line
+
+
+def test_cli_bad_value_with_resume_false_loses_nothing(hostile_cli):
+    result, run_dir, extra = result_of(hostile_cli, "typo")
+    assert "trainer.batch_size" in error_line(result)
+    assert contents(run_dir) == extra["before"] and not (run_dir / "previous").exists()
+
+
+def test_cli_other_config_refused_even_without_a_checkpoint(hostile_cli):
+    result, run_dir, extra = result_of(hostile_cli, "other_seed")
+    line = error_line(result)
+    assert "seed" in line and "resume=false" in line, line
+    assert contents(run_dir) == extra["before"]
+
+
+def test_cli_resume_false_moves_the_previous_run_aside(hostile_cli):
+    result, run_dir, extra = result_of(hostile_cli, "restart")
+    assert result.returncode == 0, result.describe()
+    [previous] = list((run_dir / "previous").iterdir())
+    for name in ("summary.json", "checkpoint.pt", "eval.csv", "train.csv"):
+        assert (previous / name).read_bytes() == extra["before"][name], name
+    assert json.loads((run_dir / "summary.json").read_text())["updates"] > 0
+
+
+def test_cli_one_run_per_directory(hostile_cli):
+    result, run_dir, _ = result_of(hostile_cli, "locked")
+    line = error_line(result)
+    assert str(run_dir) in line and str(os.getpid()) in line, line
+    result, run_dir, _ = result_of(hostile_cli, "stale_lock")  # a dead owner's lock is taken over
+    assert result.returncode == 0, result.describe()
+    assert not (run_dir / ".lock").exists()  # released at the end
+
+
+@pytest.mark.parametrize(("case", "names"), [
+    ("discrete", "CartPole-v1"), ("ensemble_size", "world_model.ensemble_size"), ("file_dir", "is a file"),
+    ("not_a_model", "world_model.load_path"),
+])
+def test_cli_bad_input_gets_one_line(hostile_cli, case, names):
+    result, _, _ = result_of(hostile_cli, case)
+    assert names in error_line(result)
+
+
+def test_cli_bad_override_type_exits_2(hostile_cli):
+    result, _, _ = result_of(hostile_cli, "seed_abc")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.describe()
+    assert "seed" in result.stderr
+
+
+def test_cli_sigterm_checkpoints_and_resumes(tmp_path, tiny_dataset_id):
+    """SLURM's SIGTERM mid-run: a checkpoint at that step, one line on how to resume, then the
+    same command finishes the run."""
+    budget = {"trainer.offline_updates": "3000", "trainer.checkpoint_every": "100000", "trainer.eval_every": "100000",
+              "trainer.log_every": "10", "trainer.online_steps": "20", "agent.hidden": "[64,64]"}
+    cmd = agent_cmd("td3bc", tmp_path, tiny_dataset_id, **budget)
+    pending = Pending(cmd, tmp_path).start()
+    deadline = time.time() + 120
+    while not (tmp_path / "train.csv").exists() or len((tmp_path / "train.csv").read_text().splitlines()) < 3:
+        assert time.time() < deadline and pending.proc.poll() is None, pending.result().describe()
+        time.sleep(0.2)
+    pending.proc.send_signal(signal.SIGTERM)
+    result = pending.result()
+    assert result.returncode == 128 + signal.SIGTERM, result.describe()
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "SIGTERM" in last and "resume" in last, last
+    state = load_checkpoint(tmp_path / "checkpoint.pt", "cpu")
+    stopped_at = state["trainer"]["offline_updates"]
+    assert 0 < stopped_at < 3000  # written at the interrupt, not at a checkpoint_every boundary
+    again = Pending(cmd, tmp_path).start().result()
+    assert again.returncode == 0, again.describe()
+    assert json.loads((tmp_path / "summary.json").read_text())["updates"] == 3000 + 20
+
+
+# --- divergence (in-process: a real run cannot be made to diverge on cue) -----------------------
+def test_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    from agents.core.agent import EnvSpec
+    from agents.core.config import TrainerConfig
+    from agents.core.trainer import DivergedError, Trainer
+    from agents.td3bc import TD3BC, TD3BCConfig
+    from worldmodels.data.store import TransitionStore
+
+    class Diverging(TD3BC):
+        def update(self, batch, progress):
+            info = super().update(batch, progress)
+            if progress.updates >= 25:  # the critic blows up after 25 updates
+                with torch.no_grad():
+                    self.critic.head.weight.fill_(float("nan"))
+                info["loss/critic"] = torch.tensor(float("nan"))
+            return info
+
+    g = torch.Generator().manual_seed(0)
+    store = TransitionStore.from_tensors({"obs": torch.randn(64, 3, generator=g), "act": torch.rand(64, 2) * 2 - 1,
+                                          "rew": torch.randn(64), "next_obs": torch.randn(64, 3),
+                                          "terminal": torch.zeros(64), "truncated": torch.zeros(64)})
+    agent = Diverging(TD3BCConfig(hidden=[8]), EnvSpec(3, 2, -torch.ones(2), torch.ones(2)), torch.device("cpu"))
+    cfg = TrainerConfig(offline_updates=100, online_steps=0, batch_size=16, eval_every=10**6, log_every=30,
+                        checkpoint_every=20, progress=False)
+    trainer = Trainer(agent, cfg, lambda: None, store, tmp_path, tensorboard=False)
+    trainer.evaluate = lambda phase: None
+    with pytest.raises(DivergedError) as err:
+        trainer.run()
+    one_line(err, "loss/critic", "update 30", "last good checkpoint")
+    kept = load_checkpoint(tmp_path / "checkpoint.pt", "cpu")
+    assert kept["trainer"]["offline_updates"] == 20  # the checkpoint before the divergence, untouched
+    assert first_non_finite({k: v for k, v in kept["agent"].items() if isinstance(v, torch.Tensor)}) is None

@@ -80,8 +80,9 @@ def test_draws_at_the_edges_of_the_mass(device, layout, monkeypatch):
     # r = 0 gives u = total: the last row whose running sum reaches it is 43 (row 44 adds 1e-300,
     # below the round-off of that sum, so it is never reached; it is not a zero row either way)
     for r, expected in ((0.0, 43), (1.0 - 2.0**-53, 3)):
-        monkeypatch.setattr(torch, "rand", lambda *shape, r=r, **kw: torch.full(shape, r, dtype=kw["dtype"],
-                                                                                 device=kw["device"]))
+        monkeypatch.setattr(
+            torch, "rand", lambda *shape, r=r, **kw: torch.full(shape, r, dtype=kw["dtype"], device=kw["device"])
+        )
         for stratified in (False, True):
             idx = tree.sample(1 if stratified else 4, stratified=stratified).cpu()
             assert idx.tolist() == [expected] * len(idx), (r, stratified)
@@ -143,8 +144,9 @@ def test_state_dict_round_trip(device):
     restored.load_state_dict(state)
     assert torch.equal(restored.total(), tree.total())
     assert torch.equal(restored.sample(4096, gen(device, 9)), tree.sample(4096, gen(device, 9)))
-    assert torch.equal(restored.sample(100, gen(device, 9), stratified=True),
-                       tree.sample(100, gen(device, 9), stratified=True))
+    assert torch.equal(
+        restored.sample(100, gen(device, 9), stratified=True), tree.sample(100, gen(device, 9), stratified=True)
+    )
     with pytest.raises(ValueError, match="same config"):
         SumTree(778, device, branching=8, top=4).load_state_dict(state)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from agents.core.agent import EnvSpec
+from agents.core.checkpoint import load_checkpoint
 from agents.core.config import TrainerConfig
 from agents.core.networks import TanhGaussianActor
 from agents.core.trainer import EvalResult, Trainer
@@ -53,7 +54,7 @@ class SACBehaviour:
         trainer = Trainer(agent, cfg, lambda: make_env(env_id), None, run_dir, seed=seed, tensorboard=False)
         trainer.on_evaluate.append(snapshot)
         trainer.run()  # resumes from run_dir/checkpoint.pt; a finished run returns at once
-        snapshots = [torch.load(p, weights_only=True) for p in sorted(snapshot_dir.glob("*.pt"))]
+        snapshots = [load_checkpoint(p, "cpu") for p in sorted(snapshot_dir.glob("*.pt"))]  # plain data only
         return BehaviourRun(snapshots, trainer.online.valid())
 
     def policy(self, env_id: str, snapshot: dict | None, device: torch.device, deterministic: bool = False) -> Policy:

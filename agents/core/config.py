@@ -132,6 +132,8 @@ def check_run_config(cfg: RunConfig) -> None:
                               f"{', '.join(TRAIN_PRECISIONS)}.")
         if w.termination not in ("auto", "learned", "none"):
             raise ConfigError(f"world_model.termination={w.termination!r}: choose auto, learned or none.")
+        if w.ensemble_size < 1:
+            raise ConfigError(f"world_model.ensemble_size={w.ensemble_size} must be at least 1 (MOPO uses 7).")
         if not 1 <= w.num_elites <= w.ensemble_size:
             raise ConfigError("world_model.num_elites must lie in [1, world_model.ensemble_size].")
         if w.load_path is not None and not Path(w.load_path).is_file():

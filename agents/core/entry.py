@@ -8,6 +8,7 @@ line naming the problem and the fix and exit with status 2.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import sys
@@ -144,6 +145,10 @@ def run(agent_cls: type[Agent], config_cls: type, name: str) -> None:
 
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         print(f"python -m agents.{name}: {introduction(agent_cls)}\n")
+    problem = unusable_run_dir(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         _main()
     except SystemExit as exit_:
@@ -152,6 +157,23 @@ def run(agent_cls: type[Agent], config_cls: type, name: str) -> None:
         if exit_.code == 1 and not started:
             sys.exit(2)
         raise
+
+
+def unusable_run_dir(argv: list[str]) -> str | None:
+    """Hydra creates the run directory before the job starts and answers a path that runs into a
+    file or an unwritable directory with a traceback; check the requested (or default) location
+    first."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    path = Path(given[-1] if given else "runs").absolute()
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                return (f"the run directory {path} cannot be created: {part} is a file; "
+                        "pick another hydra.run.dir or move the file away.")
+            if not os.access(part, os.W_OK | os.X_OK):
+                return f"the run directory {path} is not writable (in {part}); pick another hydra.run.dir."
+            return None
+    return None
 
 
 def introduction(agent_cls: type[Agent]) -> str:

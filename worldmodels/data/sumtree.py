@@ -7,13 +7,14 @@ on CUDA, no Python loop over rows, only a loop over the (few) levels.
 
 Layout: `levels[0]` holds the leaves (one priority per row); `levels[d + 1][i]` is the sum of
 the block `levels[d][b*i : b*(i+1)]`, b = `branching`. Levels are added until one has at most
-`top` nodes; that top level is searched flat (one cumsum over <= `top` values per draw) instead
-of being summed further up to a single root, which saves the levels whose only job would be to
-narrow a few thousand nodes down to one. Every level below the top is zero-padded to a multiple
-of b, so it reshapes to [nodes above, b] without bounds checks; padding stays zero. b = 2 and
-top = 1 is the textbook binary tree; the defaults (b = 32, top = 2048) reach 1M rows in two
-block levels. Per-level cost is op dispatch and kernel launches, not arithmetic, so fewer,
-wider levels are faster on CPU and GPU alike.
+`top` nodes, and that top level is searched flat instead of being summed up to a single root.
+Every level below the top is zero-padded to a multiple of b, so it reshapes to [nodes above, b]
+without bounds checks; padding stays zero. b = 2, top = 1 is the textbook binary tree. At small
+batches the cost per level is op dispatch and kernel launches, not arithmetic, so the defaults
+(b = top = 32: 4 levels at 1M rows, 5 at 2^25) use few, wide levels. Each step works on an
+[n, b] block (b <= top), which keeps a 256-row batch under the size at which CPU ops go
+multi-threaded: thread wake-ups cost far more than the work on a busy machine. For the same
+reason no op in the hot path is `searchsorted` (multi-threaded from 200 queries).
 
 Precision: every node is float64. float32 has a 24-bit significand, so once a sum passes 2^24
 times a typical priority, adding one more priority to it rounds (2^24 + 1 == 2^24 in float32):
@@ -40,7 +41,7 @@ class SumTree:
     on CUDA, so `sample` and `update` can be captured in a CUDA graph.
     """
 
-    def __init__(self, capacity: int, device: torch.device | str = "cpu", branching: int = 32, top: int = 2048):
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", branching: int = 32, top: int = 32):
         if capacity <= 0:
             raise ValueError(f"SumTree capacity must be positive, got {capacity}.")
         if branching < 2 or top < 1:
@@ -135,29 +136,36 @@ class SumTree:
         """
         if n < 0:
             raise ValueError(f"SumTree.sample: n must be >= 0, got {n}.")
-        cum = self.levels[-1].cumsum(0)  # [T] running mass over the top level
-        total = cum[-1:]  # [1]
+        # Running sums are taken along dim 0 of [nodes, draws] tensors: there CPU and CUDA (its
+        # outer-dim scan) both add strictly left to right, so a running sum of non-negative
+        # numbers never decreases and stays flat across a child of mass 0. CUDA scans a 1-D or
+        # innermost dim in tree order, which promises neither; so the top level is scanned as two
+        # identical columns, and a single draw is made as two identical ones.
+        cum = self.levels[-1][:, None].expand(-1, 2).cumsum(0)[:, :1]  # [T, 1] over the top level
+        total = cum[-1:]  # [1, 1]
         if self.device.type == "cpu" and not float(total) > 0.0:
             raise ValueError("SumTree.sample: every priority is 0 (or one is NaN); nothing to draw.")
-        r = torch.rand(n, 1, dtype=torch.float64, device=self.device, generator=generator)  # [n, 1] in [0, 1)
+        r = torch.rand(1, n, dtype=torch.float64, device=self.device, generator=generator)  # [1, n] in [0, 1)
         if stratified:
-            r = r.sub_(torch.arange(1, n + 1, dtype=torch.float64, device=self.device)[:, None]).div_(-max(n, 1))
+            r = r.sub_(torch.arange(1, n + 1, dtype=torch.float64, device=self.device)).div_(-max(n, 1))
         else:
             r = r.neg_().add_(1.0)
-        u = r.mul_(total)  # [n, 1] in (0, total]: a point of the total mass, never 0
-        # top level: first node whose running mass reaches u (u <= total: no clamp needed here)
-        node = (cum < u).sum(1, keepdim=True)  # [n, 1]
-        u = u.sub_(torch.take(F.pad(cum, (1, 0)), node))  # [n, 1] mass left inside that node
-        node = node.view(-1)  # [n]
+        u = r.mul_(total)  # [1, n] in (0, total]: a point of the total mass, never 0
+        if n == 1:
+            u = u.repeat(1, 2)  # [1, 2]
+        # top level: the first node whose running sum reaches u (u <= total: no clamp needed)
+        node = (cum < u).sum(0, keepdim=True)  # [1, m]
+        u = u.sub_(torch.take(F.pad(cum, (0, 0, 1, 0)), node))  # [1, m] mass left inside that node
+        node = node.view(-1)  # [m]
         for blocks in reversed(self._blocks):
-            cum = blocks.index_select(0, node).cumsum(1)  # [n, b] running mass over the children
+            cum = blocks.index_select(0, node).t().cumsum(0)  # [b, m] running sums over the children
             # clamp: round-off in the subtraction above can leave u a hair past this node's own
             # sum; clamped, the first child reaching u is at worst the last child with mass
-            u = torch.minimum(u, cum[:, -1:])  # [n, 1] still > 0 (the node has mass)
-            child = (cum < u).sum(1, keepdim=True)  # [n, 1] in [0, b)
-            u = u.sub_(F.pad(cum, (1, 0)).gather(1, child))  # [n, 1] mass before child: exact, so u > 0
-            node = torch.add(child.view(-1), node, alpha=self.branching)  # [n] child's index one level down
-        return node
+            u = torch.minimum(u, cum[-1:])  # [1, m] still > 0 (the node has mass)
+            child = (cum < u).sum(0, keepdim=True)  # [1, m] in [0, b)
+            u = u.sub_(F.pad(cum, (0, 0, 1, 0)).gather(0, child))  # [1, m] minus the exact mass before it: > 0
+            node = torch.add(child.view(-1), node, alpha=self.branching)  # [m] that child's index
+        return node[:n]
 
     # --- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
