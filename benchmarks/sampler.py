@@ -69,9 +69,8 @@ def timed(step: Callable[[], None], seconds: float, device: torch.device) -> tup
     """Run step() for about `seconds`; returns (batches, elapsed) with the device drained."""
     n, start = 0, time.perf_counter()
     while True:
-        for _ in range(10):
-            step()
-        n += 10
+        step()
+        n += 1
         if time.perf_counter() - start >= seconds:
             break
     if device.type == "cuda":
@@ -79,7 +78,9 @@ def timed(step: Callable[[], None], seconds: float, device: torch.device) -> tup
     return n, time.perf_counter() - start
 
 
-def measure(rows: int, batch: int, seconds: float, device: torch.device, branching: int, top: int) -> dict:
+def measure(
+    rows: int, batch: int, seconds: float, device: torch.device, branching: int | None, top: int | None
+) -> dict:
     g = torch.Generator(device=device).manual_seed(0)
     priorities = torch.rand(rows, device=device, generator=g) + 1e-3  # [rows] float32, as a store extra
     new = torch.rand(16, batch, device=device, generator=g) + 1e-3  # [16, batch] new priorities, cycled
@@ -133,7 +134,12 @@ def measure(rows: int, batch: int, seconds: float, device: torch.device, branchi
                 result[f"{name}_cuda_graph_batches_per_s"] = rate[f"{name}_cuda_graph"]
         if "multinomial" in rate and "sumtree_cuda_graph" in rate:
             result["speedup_sumtree_graph_vs_multinomial"] = round(rate["sumtree_cuda_graph"] / rate["multinomial"], 2)
-    result |= {"branching": branching, "top": top, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    result |= {
+        "branching": tree.branching,
+        "top": tree.top,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     return result
 
 
@@ -143,11 +149,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds, shared by all contenders")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--branching", type=int, default=32)
-    parser.add_argument("--top", type=int, default=32)
+    parser.add_argument("--branching", type=int, default=None, help="SumTree layout; default: the device's")
+    parser.add_argument("--top", type=int, default=None, help="SumTree layout; default: the device's")
     args = parser.parse_args()
     for name, low in (("rows", 1), ("batch", 1), ("branching", 2), ("top", 1)):
-        if getattr(args, name) < low:
+        if getattr(args, name) is not None and getattr(args, name) < low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
     if not args.seconds > 0:
         parser.error(f"--seconds must be > 0, got {args.seconds}")

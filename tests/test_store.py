@@ -8,12 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from worldmodels.data.samplers import MixtureSampler, PrioritySampler, UniformSampler, split_counts
+from worldmodels.data.samplers import MixtureSampler, SamplerConfig, Sources, UniformSampler, make_sampler, split_counts
 from worldmodels.data.store import CORE_FIELDS, Batch, TransitionStore
+from worldmodels.progress import Progress
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SETTINGS = settings(max_examples=30, deadline=None)
 OBS_DIM, ACT_DIM = 3, 2
+ONLINE = Progress("online", 0, 1, 0, 0, 10)  # the online phase, where the priority sampler draws by priority
 
 
 def rows(start: int, n: int, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -128,9 +130,13 @@ def test_everything_lives_on_the_store_device(device):
     assert all(t.device.type == device for t in store.valid().values())
     assert store.sample_indices(4, gen(device)).device.type == device
     mixture = MixtureSampler({"a": UniformSampler(store), "b": UniformSampler(store)}, {"a": 1, "b": 1})
-    for sampler in (UniformSampler(store), PrioritySampler(store), mixture):
+    for sampler in (UniformSampler(store), mixture):
         batch = sampler.sample(6, gen(device))
         assert all(t.device.type == device for t in batch.as_dict().values())
+    online = TransitionStore(4, OBS_DIM, ACT_DIM, device=device, extras={"priority": ()}, source="online")
+    for kind in ("symmetric", "priority"):
+        batch = make_sampler(SamplerConfig(kind=kind), Sources(store, online)).sample(6, ONLINE, gen(device))
+        assert all(t.device.type == device for t in [*batch.as_dict().values(), batch.source, batch.index])
     fresh = TransitionStore.from_tensors(rows(0, 3), device=device)
     assert fresh.capacity == 3 and len(fresh) == 3
     assert all(t.device.type == device for t in fresh.data.values())
@@ -223,27 +229,30 @@ def test_mixture_rejects_bad_shares():
         MixtureSampler({"a": a, "b": a}, {"a": 1.0, "b": -0.5})
 
 
+def priority_sampler(priorities: torch.Tensor):
+    """The `priority` batch sampler over an offline store holding one row per priority."""
+    n = len(priorities)
+    store = TransitionStore.from_tensors(rows(0, n))
+    sampler = make_sampler(SamplerConfig(kind="priority"), Sources(store, TransitionStore(1, OBS_DIM, ACT_DIM,
+                                                                                           source="online")))
+    sampler.tree.update(torch.arange(n), priorities)
+    return sampler
+
+
 @SETTINGS
 @given(priorities=st.lists(st.sampled_from([0.0, 0.0, 0.1, 1.0, 5.0]), min_size=1, max_size=20).filter(
     lambda p: sum(p) > 0), seed=st.integers(0, 1000))
 def test_priority_sampler_never_draws_zero_priority(priorities, seed):
-    n = len(priorities)
-    store = TransitionStore(n + 3, OBS_DIM, ACT_DIM, extras={"priority": ()})
-    store.add(**rows(0, n, priority=torch.tensor(priorities)))
-    sampler = PrioritySampler(store)
-    ids = sampler.sample(500, gen("cpu", seed)).obs[:, 0].long()
     p = torch.tensor(priorities)
-    assert torch.all(p[ids] > 0)
-    assert ids.max() < n  # never the unused slots
-    assert torch.allclose(sampler.probabilities(), p / p.sum())
+    batch = priority_sampler(p).sample(500, ONLINE, gen("cpu", seed))
+    assert torch.all(p[batch.index] > 0)
+    assert torch.equal(batch.obs[:, 0].long(), batch.index)  # the rows are the ones the tree chose
 
 
 def test_priority_frequencies_follow_priorities():
     priorities = torch.tensor([1.0, 0.0, 2.0, 4.0, 0.5, 0.0, 8.5])
-    store = TransitionStore(10, OBS_DIM, ACT_DIM, extras={"priority": ()})
-    store.add(**rows(0, len(priorities), priority=priorities))
     draws = 5000
-    ids = PrioritySampler(store).sample(draws, gen("cpu", 123)).obs[:, 0].long()
+    ids = priority_sampler(priorities).sample(draws, ONLINE, gen("cpu", 123)).index
     counts = torch.bincount(ids, minlength=len(priorities)).double()
     positive = priorities > 0
     assert counts[~positive].sum() == 0
@@ -252,16 +261,11 @@ def test_priority_frequencies_follow_priorities():
     assert pvalue > 1e-3, (counts, expected)
 
 
-def test_priority_sampler_needs_the_field():
-    with pytest.raises(KeyError, match="priority"):
-        PrioritySampler(TransitionStore(3, OBS_DIM, ACT_DIM))
-
-
 # --- Batch --------------------------------------------------------------------------------------
-def test_batch_cat_keeps_order_and_common_extras():
-    a_store = TransitionStore(4, OBS_DIM, ACT_DIM, extras={"priority": (), "rtg": ()})
-    b_store = TransitionStore(4, OBS_DIM, ACT_DIM, extras={"priority": ()})
-    a_store.add(**rows(0, 3, priority=torch.tensor([1.0, 2.0, 3.0]), rtg=torch.ones(3)))
+def test_batch_cat_keeps_order_and_extras():
+    a_store = TransitionStore(4, OBS_DIM, ACT_DIM, extras={"priority": ()})
+    b_store = TransitionStore(4, OBS_DIM, ACT_DIM, extras={"priority": ()}, source="online")
+    a_store.add(**rows(0, 3, priority=torch.tensor([1.0, 2.0, 3.0])))
     b_store.add(**rows(10, 2, priority=torch.tensor([4.0, 5.0])))
     a, b = a_store.gather(torch.arange(3)), b_store.gather(torch.tensor([1, 0]))
     cat = Batch.cat([a, b])
@@ -270,6 +274,7 @@ def test_batch_cat_keeps_order_and_common_extras():
     ref = rows(0, 3)
     for name in CORE_FIELDS:
         assert torch.equal(getattr(cat, name)[:3], ref[name]), name
-    assert set(cat.extras) == {"priority"}  # rtg is not in every batch
+    assert set(cat.extras) == {"priority"}
+    assert cat.source.tolist() == [0, 0, 0, 1, 1] and cat.index.tolist() == [0, 1, 2, 1, 0]
     assert cat.extras["priority"].tolist() == [1.0, 2.0, 3.0, 5.0, 4.0]
     assert set(cat.as_dict()) == set(CORE_FIELDS) | {"priority"}

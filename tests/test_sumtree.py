@@ -12,8 +12,8 @@ from scipy.stats import chisquare
 from worldmodels.data.sumtree import SumTree
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# (branching, top): a deep binary tree, an odd branching, the default
-LAYOUTS = [(2, 1), (3, 2), (32, 32)]
+# (branching, top): a deep binary tree, an odd branching, the device's default
+LAYOUTS = [(2, 1), (3, 2), (None, None)]
 
 
 def gen(device: str, seed: int = 0) -> torch.Generator:
@@ -26,7 +26,7 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-13) -> bool:
     return a.shape == b.shape and bool(((a - b).abs() <= rtol * b.abs()).all())
 
 
-def tree_with(priority: torch.Tensor, device: str, branching: int = 32, top: int = 32) -> SumTree:
+def tree_with(priority: torch.Tensor, device: str, branching: int | None = None, top: int | None = None) -> SumTree:
     tree = SumTree(priority.shape[0], device, branching, top)
     tree.set_all(priority.to(device))
     return tree
@@ -149,6 +149,10 @@ def test_state_dict_round_trip(device):
     )
     with pytest.raises(ValueError, match="same config"):
         SumTree(778, device, branching=8, top=4).load_state_dict(state)
+    adopted = SumTree(777, device)  # another layout: the checkpoint's is adopted
+    adopted.load_state_dict(state)
+    assert (adopted.branching, adopted.top) == (8, 4)
+    assert torch.equal(adopted.sample(4096, gen(device, 9)), tree.sample(4096, gen(device, 9)))
 
 
 @pytest.mark.parametrize("device", DEVICES)

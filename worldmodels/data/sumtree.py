@@ -9,12 +9,15 @@ Layout: `levels[0]` holds the leaves (one priority per row); `levels[d + 1][i]` 
 the block `levels[d][b*i : b*(i+1)]`, b = `branching`. Levels are added until one has at most
 `top` nodes, and that top level is searched flat instead of being summed up to a single root.
 Every level below the top is zero-padded to a multiple of b, so it reshapes to [nodes above, b]
-without bounds checks; padding stays zero. b = 2, top = 1 is the textbook binary tree. At small
-batches the cost per level is op dispatch and kernel launches, not arithmetic, so the defaults
-(b = top = 32: 4 levels at 1M rows, 5 at 2^25) use few, wide levels. Each step works on an
-[n, b] block (b <= top), which keeps a 256-row batch under the size at which CPU ops go
-multi-threaded: thread wake-ups cost far more than the work on a busy machine. For the same
-reason no op in the hot path is `searchsorted` (multi-threaded from 200 queries).
+without bounds checks; padding stays zero. b = 2, top = 1 is the textbook binary tree.
+
+At replay-sized batches a level costs a dozen op dispatches / kernel launches, not arithmetic,
+so the defaults use few, wide levels, per device:
+- CPU: b = top = 32 (4 levels at 1M rows, 5 at 2^25). A step works on an [n, b] block, which
+  keeps a 256-row batch under the size at which CPU ops go multi-threaded (waking threads costs
+  more than the work, worse on a busy machine). For the same reason no op in the hot path is
+  `searchsorted`, which goes multi-threaded from 200 queries.
+- CUDA: b = 128, top = 8192 (2 levels at 1M rows, 3 at 2^24): size is free there, launches are not.
 
 Precision: every node is float64. float32 has a 24-bit significand, so once a sum passes 2^24
 times a typical priority, adding one more priority to it rounds (2^24 + 1 == 2^24 in float32):
@@ -29,8 +32,9 @@ millions of updates.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+DEFAULT_LAYOUT = {"cpu": (32, 32), "cuda": (128, 8192)}  # device type -> (branching, top)
 
 
 class SumTree:
@@ -38,27 +42,40 @@ class SumTree:
 
     Rows start at priority 0 (never drawn). Everything lives on `device`; pass a
     `torch.Generator` on the same device for reproducible draws. No method syncs with the host
-    on CUDA, so `sample` and `update` can be captured in a CUDA graph.
+    on CUDA, so `sample` and `update` can run ahead of the host and be captured in a CUDA graph.
+    `branching` / `top` default per device (module docstring).
     """
 
-    def __init__(self, capacity: int, device: torch.device | str = "cpu", branching: int = 32, top: int = 32):
+    def __init__(
+        self,
+        capacity: int,
+        device: torch.device | str = "cpu",
+        branching: int | None = None,
+        top: int | None = None,
+    ):
         if capacity <= 0:
             raise ValueError(f"SumTree capacity must be positive, got {capacity}.")
+        self.device = torch.device(device)
+        default_branching, default_top = DEFAULT_LAYOUT.get(self.device.type, DEFAULT_LAYOUT["cpu"])
+        self._build(int(capacity), branching or default_branching, top or default_top)
+
+    def _build(self, capacity: int, branching: int, top: int) -> None:
         if branching < 2 or top < 1:
             raise ValueError(f"SumTree needs branching >= 2 and top >= 1, got {branching} and {top}.")
-        self.capacity, self.branching, self.top = int(capacity), int(branching), int(top)
-        self.device = torch.device(device)
-        sizes = [self.capacity]  # real nodes per level, leaves first
+        self.capacity, self.branching, self.top = capacity, int(branching), int(top)
+        sizes = [capacity]  # real nodes per level, leaves first
         while sizes[-1] > self.top:
             sizes.append(-(-sizes[-1] // self.branching))
         padded = [n * self.branching for n in sizes[1:]] + [sizes[-1]]
-        # leaves get one scratch slot at the end for update's discarded duplicate writes
-        self._leaves = torch.zeros(padded[0] + 1, dtype=torch.float64, device=self.device)
-        self._scratch = torch.tensor(padded[0], device=self.device)
-        self.levels: list[Tensor] = [self._leaves[: padded[0]]]
-        self.levels += [torch.zeros(n, dtype=torch.float64, device=self.device) for n in padded[1:]]
+        zeros = lambda n: torch.zeros(n, dtype=torch.float64, device=self.device)  # noqa: E731
+        # the leaves get one scratch slot at the end, for the duplicate writes update discards
+        self._leaves = zeros(padded[0] + 1)
+        self.levels: list[Tensor] = [self._leaves[: padded[0]]] + [zeros(n) for n in padded[1:]]
         # [nodes above, b] views of the block levels, made once (a view per call costs a dispatch)
         self._blocks = [level.view(-1, self.branching) for level in self.levels[:-1]]
+        self._scratch = torch.tensor(padded[0], device=self.device)
+        self._end = torch.tensor([-1], device=self.device)  # sorts before every row
+        self._tiny = torch.tensor(torch.finfo(torch.float64).tiny, device=self.device)  # > 0 even with FTZ
 
     def __len__(self) -> int:
         return self.capacity
@@ -86,10 +103,6 @@ class SumTree:
         if idx.numel() == 0:
             return
         priority = torch.as_tensor(priority, dtype=torch.float64, device=self.device).expand(idx.shape)
-        # Last write wins: after a stable sort the last entry of each run of equal indices is the
-        # last occurrence in idx. Only those write their leaf; the others write a scratch slot
-        # past the blocks (never read), so no leaf gets two writes and the result does not
-        # depend on the order the scatter runs in.
         rows, order = torch.sort(idx, stable=True)  # [K] ascending, [K]
         if self.device.type == "cpu":
             lo, hi = torch.aminmax(priority)
@@ -97,11 +110,14 @@ class SumTree:
                 raise IndexError(f"SumTree.update: indices must lie in [0, {self.capacity}).")
             if not (float(lo) >= 0.0 and float(hi) < float("inf")):
                 raise ValueError("SumTree.update: priorities must be finite and >= 0.")
-        run_last = F.pad(rows[1:] != rows[:-1], (0, 1), value=True)  # [K] last of its run
-        target = torch.where(run_last, rows, self._scratch)  # [K]
-        self._leaves.index_copy_(0, target, priority.index_select(0, order))
-        # Ancestors, one level at a time; repeated parents are fine (each write carries the same
-        # freshly computed sum).
+        # Last write wins: after the stable sort, the last entry of each run of equal indices is
+        # that index's last occurrence in idx. Only it writes the leaf; the others write the
+        # scratch slot (never read), so no leaf gets two writes and the result does not depend
+        # on the order the scatter runs in.
+        last_of_run = rows != torch.cat((rows[1:], self._end))  # [K]
+        self._leaves.index_copy_(0, torch.where(last_of_run, rows, self._scratch), priority.index_select(0, order))
+        # Ancestors, one level at a time. Repeated parents are fine: every write to a parent
+        # carries the same freshly computed sum.
         for blocks, parent in zip(self._blocks, self.levels[1:], strict=True):
             rows = torch.div(rows, self.branching, rounding_mode="floor")  # [K] parent nodes
             parent.index_copy_(0, rows, blocks.index_select(0, rows).sum(1))
@@ -111,8 +127,10 @@ class SumTree:
         priority = torch.as_tensor(priority, dtype=torch.float64, device=self.device)
         if priority.shape != (self.capacity,):
             raise ValueError(f"SumTree.set_all: expected shape ({self.capacity},), got {tuple(priority.shape)}.")
-        if self.device.type == "cpu" and not bool(((priority >= 0) & (priority < float("inf"))).all()):
-            raise ValueError("SumTree.set_all: priorities must be finite and >= 0.")
+        if self.device.type == "cpu":
+            lo, hi = torch.aminmax(priority)
+            if not (float(lo) >= 0.0 and float(hi) < float("inf")):
+                raise ValueError("SumTree.set_all: priorities must be finite and >= 0.")
         self.levels[0][: self.capacity] = priority
         self.rebuild()
 
@@ -125,14 +143,15 @@ class SumTree:
     def sample(self, n: int, generator: torch.Generator | None = None, stratified: bool = False) -> Tensor:
         """n row indices [n] (int64), drawn with replacement in proportion to priority.
 
-        stratified=True draws one uniform in each of n equal slices of the total mass (as in
-        PER): lower variance, and the rows come out in increasing order.
+        Each draw is one uniform point u of the total mass, followed down the tree. With
+        stratified=True the n points fall one in each of n equal slices of the mass (as in PER):
+        lower variance, and the rows come out in order.
 
-        Never returns a row of priority 0 or an index >= capacity, also where float round-off
-        puts a draw at or past the upper edge of a node: each step takes the first child whose
-        running sum reaches min(u, node sum), and 0 < u, so a child of mass 0 never qualifies.
-        An all-zero tree raises on CPU; on CUDA (where the check would sync) it returns row 0,
-        so check total() > 0 first if the tree can be empty.
+        Never returns a row of priority 0 or an index >= capacity, float round-off included:
+        each step takes the first child whose running sum reaches u, with 0 < u <= (the node's
+        running sum) enforced at every level, so a child of mass 0 never qualifies. An all-zero
+        tree raises on CPU; on CUDA (where the check would sync) it returns row 0, so check
+        total() > 0 first if the tree can be empty.
         """
         if n < 0:
             raise ValueError(f"SumTree.sample: n must be >= 0, got {n}.")
@@ -150,20 +169,24 @@ class SumTree:
             r = r.sub_(torch.arange(1, n + 1, dtype=torch.float64, device=self.device)).div_(-max(n, 1))
         else:
             r = r.neg_().add_(1.0)
-        u = r.mul_(total)  # [1, n] in (0, total]: a point of the total mass, never 0
+        u = r.mul_(total)  # [1, n] in (0, total]: the point, from the left edge of the mass
         if n == 1:
             u = u.repeat(1, 2)  # [1, 2]
-        # top level: the first node whose running sum reaches u (u <= total: no clamp needed)
-        node = (cum < u).sum(0, keepdim=True)  # [1, m]
-        u = u.sub_(torch.take(F.pad(cum, (0, 0, 1, 0)), node))  # [1, m] mass left inside that node
+        node = (cum < u).sum(0, keepdim=True)  # [1, m] first top node whose running sum reaches u
+        # Carried down: v, the point's distance to the RIGHT edge of the chosen node, in
+        # [0, node mass). The next level turns it back into a distance from the left edge with
+        # its own running sum, so no exclusive prefix (a padded copy per level) is needed.
+        v = torch.take(cum, node).sub_(u)  # [1, m]
         node = node.view(-1)  # [m]
         for blocks in reversed(self._blocks):
             cum = blocks.index_select(0, node).t().cumsum(0)  # [b, m] running sums over the children
-            # clamp: round-off in the subtraction above can leave u a hair past this node's own
-            # sum; clamped, the first child reaching u is at worst the last child with mass
-            u = torch.minimum(u, cum[-1:])  # [1, m] still > 0 (the node has mass)
+            # Round-off (this node's mass is re-added here, in another order) can put sum - v at
+            # or below 0, or past the sum: clamped into [tiny, sum], the first child reaching u
+            # is at worst the first or the last child with mass. (An all-zero node gives u = 0:
+            # child 0, which keeps the index in range.)
+            u = torch.clamp(cum[-1:] - v, self._tiny, cum[-1:])  # [1, m]
             child = (cum < u).sum(0, keepdim=True)  # [1, m] in [0, b)
-            u = u.sub_(F.pad(cum, (0, 0, 1, 0)).gather(0, child))  # [1, m] minus the exact mass before it: > 0
+            v = cum.gather(0, child).sub_(u)  # [1, m] >= 0
             node = torch.add(child.view(-1), node, alpha=self.branching)  # [m] that child's index
         return node[:n]
 
@@ -182,14 +205,17 @@ class SumTree:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        saved = (int(state["capacity"]), int(state["branching"]), int(state["top"]))
-        if saved != (self.capacity, self.branching, self.top):
+        """Restore a saved tree of the same capacity. Its layout (branching, top) is adopted, so a
+        tree saved on one device loads on another whatever that device's defaults are."""
+        if int(state["capacity"]) != self.capacity:
             raise ValueError(
-                f"Checkpointed SumTree has capacity/branching/top {saved}, this one "
-                f"{(self.capacity, self.branching, self.top)}; resume with the same config."
+                f"Checkpointed SumTree has capacity {state['capacity']}, this one {self.capacity}; "
+                "resume with the same config."
             )
+        if (int(state["branching"]), int(state["top"])) != (self.branching, self.top):
+            self._build(self.capacity, int(state["branching"]), int(state["top"]))
         levels = state["levels"]
         if [tuple(t.shape) for t in levels] != [tuple(t.shape) for t in self.levels]:
-            raise ValueError("Checkpointed SumTree levels do not match this tree's layout.")
+            raise ValueError("Checkpointed SumTree levels do not match its own layout.")
         for mine, level in zip(self.levels, levels, strict=True):
             mine.copy_(level)
