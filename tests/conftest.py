@@ -147,6 +147,22 @@ def run_agent(name: str, run_dir: Path, dataset_id: str | None, **overrides: str
     return run_cli(agent_cmd(name, run_dir, dataset_id, **overrides), run_dir)
 
 
+def assert_same_state(a, b, path: str = "agent") -> None:
+    """Bitwise equality of nested state (tensors, dicts, lists, plain values)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
 # --- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory) -> Path:

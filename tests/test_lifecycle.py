@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_state
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -97,22 +98,6 @@ def make_trainer(name: str, run_dir: Path, dataset_id: str, init_seed: int = 0) 
     return trainer
 
 
-def assert_same(a, b, path: str) -> None:
-    """Bitwise equality of nested state (tensors, dicts, lists, plain values)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 def run_state(trainer: Trainer) -> dict:
     return {"agent": trainer.agent.state_dict(), "online": trainer.online.state_dict(),
             "sampler": trainer.sampler.state_dict(),
@@ -144,7 +129,7 @@ def test_contract_kill_and_resume_is_exact(name, stop_after, phase, tmp_path, ti
     resumed = make_trainer(name, tmp_path, tiny_dataset_id, init_seed=123)
     summary = resumed.run()
     ref, ref_summary = uninterrupted[name]
-    assert_same(run_state(ref), run_state(resumed), name)
+    assert_same_state(run_state(ref), run_state(resumed), name)
     for log in ("train.csv", "eval.csv", "episodes.csv", "model.csv"):
         if (ref.run_dir / log).exists():
             assert log_rows(resumed.run_dir / log) == log_rows(ref.run_dir / log), log

@@ -12,7 +12,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
-from conftest import agent_cmd, run_cli
+from conftest import agent_cmd, assert_same_state, run_cli
 
 from agents.core.agent import EnvSpec
 from agents.core.config import TrainerConfig
@@ -49,22 +49,6 @@ def make_trainer(run_dir: Path, dataset, init_seed: int = 0) -> Trainer:
                         eval_episodes=1, log_every=10, batch_size=64, progress=False)
     return Trainer(agent, cfg, short_env, offline_store(dataset, CPU), run_dir, seed=0,
                    ref_scores=(dataset.ref_min_score, dataset.ref_max_score), tensorboard=False)
-
-
-def assert_same_state(a, b, path: str = "agent") -> None:
-    """Bitwise equality of nested state (tensors, dicts, lists, plain values)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            assert_same_state(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_state(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def read_rows(path: Path) -> list[dict]:
