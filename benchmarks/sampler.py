@@ -78,9 +78,7 @@ def timed(step: Callable[[], None], seconds: float, device: torch.device) -> tup
     return n, time.perf_counter() - start
 
 
-def measure(
-    rows: int, batch: int, seconds: float, device: torch.device, branching: int | None, top: int | None
-) -> dict:
+def measure(rows: int, batch: int, seconds: float, device: torch.device, branching: int, top: int) -> dict:
     g = torch.Generator(device=device).manual_seed(0)
     priorities = torch.rand(rows, device=device, generator=g) + 1e-3  # [rows] float32, as a store extra
     new = torch.rand(16, batch, device=device, generator=g) + 1e-3  # [16, batch] new priorities, cycled
@@ -149,11 +147,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds, shared by all contenders")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--branching", type=int, default=None, help="SumTree layout; default: the device's")
-    parser.add_argument("--top", type=int, default=None, help="SumTree layout; default: the device's")
+    parser.add_argument("--branching", type=int, default=32, help="SumTree layout")
+    parser.add_argument("--top", type=int, default=32, help="SumTree layout")
     args = parser.parse_args()
     for name, low in (("rows", 1), ("batch", 1), ("branching", 2), ("top", 1)):
-        if getattr(args, name) is not None and getattr(args, name) < low:
+        if getattr(args, name) < low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
     if not args.seconds > 0:
         parser.error(f"--seconds must be > 0, got {args.seconds}")

@@ -12,8 +12,8 @@ from scipy.stats import chisquare
 from worldmodels.data.sumtree import SumTree
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# (branching, top): a deep binary tree, an odd branching, the device's default
-LAYOUTS = [(2, 1), (3, 2), (None, None)]
+# (branching, top): a deep binary tree, an odd branching, the default
+LAYOUTS = [(2, 1), (3, 2), (32, 32)]
 
 
 def gen(device: str, seed: int = 0) -> torch.Generator:
@@ -26,7 +26,7 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-13) -> bool:
     return a.shape == b.shape and bool(((a - b).abs() <= rtol * b.abs()).all())
 
 
-def tree_with(priority: torch.Tensor, device: str, branching: int | None = None, top: int | None = None) -> SumTree:
+def tree_with(priority: torch.Tensor, device: str, branching: int = 32, top: int = 32) -> SumTree:
     tree = SumTree(priority.shape[0], device, branching, top)
     tree.set_all(priority.to(device))
     return tree

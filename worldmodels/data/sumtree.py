@@ -12,12 +12,12 @@ Every level below the top is zero-padded to a multiple of b, so it reshapes to [
 without bounds checks; padding stays zero. b = 2, top = 1 is the textbook binary tree.
 
 At replay-sized batches a level costs a dozen op dispatches / kernel launches, not arithmetic,
-so the defaults use few, wide levels, per device:
-- CPU: b = top = 32 (4 levels at 1M rows, 5 at 2^25). A step works on an [n, b] block, which
-  keeps a 256-row batch under the size at which CPU ops go multi-threaded (waking threads costs
-  more than the work, worse on a busy machine). For the same reason no op in the hot path is
-  `searchsorted`, which goes multi-threaded from 200 queries.
-- CUDA: b = 128, top = 8192 (2 levels at 1M rows, 3 at 2^24): size is free there, launches are not.
+so few, wide levels pay: the default b = top = 32 gives 4 levels at 1M rows, 5 at 2^25. Wider
+does not pay: each step scans an [n, b] block sequentially (see `sample`), a chain of b dependent
+adds per draw that a GPU runs b loads deep (a top of 8192 made a CUDA-graph batch 5x slower),
+and on CPU a 256-draw batch with b = 32 stays under the size at which ops go multi-threaded,
+where waking threads costs more than the work (for the same reason no op in the hot path is
+`searchsorted`, which goes multi-threaded from 200 queries).
 
 Precision: every node is float64. float32 has a 24-bit significand, so once a sum passes 2^24
 times a typical priority, adding one more priority to it rounds (2^24 + 1 == 2^24 in float32):
@@ -34,8 +34,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-DEFAULT_LAYOUT = {"cpu": (32, 32), "cuda": (128, 8192)}  # device type -> (branching, top)
-
 
 class SumTree:
     """Non-negative priorities for `capacity` rows; `sample` draws rows in proportion to them.
@@ -43,21 +41,13 @@ class SumTree:
     Rows start at priority 0 (never drawn). Everything lives on `device`; pass a
     `torch.Generator` on the same device for reproducible draws. No method syncs with the host
     on CUDA, so `sample` and `update` can run ahead of the host and be captured in a CUDA graph.
-    `branching` / `top` default per device (module docstring).
     """
 
-    def __init__(
-        self,
-        capacity: int,
-        device: torch.device | str = "cpu",
-        branching: int | None = None,
-        top: int | None = None,
-    ):
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", branching: int = 32, top: int = 32):
         if capacity <= 0:
             raise ValueError(f"SumTree capacity must be positive, got {capacity}.")
         self.device = torch.device(device)
-        default_branching, default_top = DEFAULT_LAYOUT.get(self.device.type, DEFAULT_LAYOUT["cpu"])
-        self._build(int(capacity), branching or default_branching, top or default_top)
+        self._build(int(capacity), branching, top)
 
     def _build(self, capacity: int, branching: int, top: int) -> None:
         if branching < 2 or top < 1:
@@ -74,7 +64,7 @@ class SumTree:
         # [nodes above, b] views of the block levels, made once (a view per call costs a dispatch)
         self._blocks = [level.view(-1, self.branching) for level in self.levels[:-1]]
         self._scratch = torch.tensor(padded[0], device=self.device)
-        self._end = torch.tensor([-1], device=self.device)  # sorts before every row
+        self._end = torch.tensor([-1], device=self.device)  # equals no row index
         self._tiny = torch.tensor(torch.finfo(torch.float64).tiny, device=self.device)  # > 0 even with FTZ
 
     def __len__(self) -> int:
@@ -205,8 +195,7 @@ class SumTree:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a saved tree of the same capacity. Its layout (branching, top) is adopted, so a
-        tree saved on one device loads on another whatever that device's defaults are."""
+        """Restore a saved tree of the same capacity; its layout (branching, top) is adopted."""
         if int(state["capacity"]) != self.capacity:
             raise ValueError(
                 f"Checkpointed SumTree has capacity {state['capacity']}, this one {self.capacity}; "
