@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 
+from agents.core.config import resolve_device
 from worldmodels.data.sumtree import SumTree
 
 ROUNDS = 10
@@ -37,18 +38,6 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse prints usage + message; we want one line
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} was asked for but no CUDA device is available; use auto or cpu")
-        return torch.device(name)
-    raise ValueError(f"--device {name!r} is not a device; use auto, cpu or cuda")
 
 
 def graphed(step: Callable[[], None]) -> Callable[[], None]:
