@@ -136,11 +136,13 @@ def execute(agent_cls: type[Agent], cfg, run_dir: Path) -> dict:
 def run(agent_cls: type[Agent], config_cls: type, name: str) -> None:
     ConfigStore.instance().store(name=f"{name}_schema", node=RunConfig(agent=config_cls()))
     started = False
+    stderr = HeldStderr(sys.stderr)
 
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=name)
     def _main(cfg) -> None:
         nonlocal started
         started = True
+        stderr.release()
         execute(agent_cls, cfg, Path(HydraConfig.get().runtime.output_dir))
 
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
@@ -149,14 +151,47 @@ def run(agent_cls: type[Agent], config_cls: type, name: str) -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    sys.stderr = stderr
     try:
         _main()
     except SystemExit as exit_:
         # hydra reports a bad override (seed=abc, an unknown key or group option) in a few lines
-        # and exits 1 before the job starts: that is a config error like any other, status 2
+        # and exits 1 before the job starts: that is a config error like any other, one line, status 2
         if exit_.code == 1 and not started:
+            stderr.release(summary=True)
             sys.exit(2)
         raise
+    finally:
+        stderr.release()
+
+
+class HeldStderr:
+    """stderr that holds what is written until the job starts, so hydra's multi-line report of a
+    bad override can be given as one `error:` line; everything else passes through unchanged."""
+
+    def __init__(self, real):
+        self.real, self.held, self.holding = real, [], True
+
+    def write(self, text: str) -> int:
+        if self.holding:
+            self.held.append(text)
+            return len(text)
+        return self.real.write(text)
+
+    def release(self, summary: bool = False) -> None:
+        if not self.holding:
+            return
+        self.holding = False
+        text = "".join(self.held)
+        if summary:
+            text = text.split("Config search path:")[0]  # hydra's search path says nothing about the fix
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+            text = f"error: {'; '.join(lines)}\n" if lines else ""
+        self.real.write(text)
+        self.real.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, flush, encoding ... from the real stream
+        return getattr(self.real, name)
 
 
 def unusable_run_dir(argv: list[str]) -> str | None:
