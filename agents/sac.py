@@ -71,7 +71,8 @@ class SAC(Agent):
         next_q = self.critic_target(next_obs, next_act)  # [N, B]
         return next_q.min(0).values - self.alpha * next_log_prob
 
-    def critic_loss(self, batch: Batch, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, dict]:
+    def critic_loss(self, batch: Batch, obs: Tensor, next_obs: Tensor,
+                    progress: Progress | None = None) -> tuple[Tensor, dict]:
         with torch.no_grad():
             # truncation keeps the bootstrap: only true terminals zero it
             target = batch.rew + self.cfg.gamma * (1.0 - batch.terminal) * self.target_value(batch, next_obs)
@@ -79,7 +80,7 @@ class SAC(Agent):
         loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
         return loss, {"loss/critic": loss.detach(), "q/mean": q.detach().mean()}
 
-    def actor_loss(self, batch: Batch, obs: Tensor) -> tuple[Tensor, dict]:
+    def actor_loss(self, batch: Batch, obs: Tensor, progress: Progress | None = None) -> tuple[Tensor, dict]:
         act, log_prob = self.actor(obs)
         q = self.critic(obs, act).min(0).values  # [B]
         loss = (self.alpha * log_prob - q).mean()
@@ -98,21 +99,34 @@ class SAC(Agent):
 
     def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
-        critic_loss, info = self.critic_loss(batch, obs, next_obs)
+        info = self.critic_update(batch, obs, next_obs, progress)
+        if self.policy_due():
+            info |= self.policy_update(batch, obs, progress)
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        self.num_updates += 1
+        return info
+
+    def critic_update(self, batch: Batch, obs: Tensor, next_obs: Tensor, progress: Progress) -> dict[str, Tensor]:
+        critic_loss, info = self.critic_loss(batch, obs, next_obs, progress)
         self.step("critic", critic_loss)
+        return info
+
+    def policy_due(self) -> bool:
+        """Whether this update also steps the actor and the temperature (every update in SAC)."""
+        return True
+
+    def policy_update(self, batch: Batch, obs: Tensor, progress: Progress) -> dict[str, Tensor]:
         # the actor reads the updated critic; its gradient must not reach the critic's params
         self.critic.requires_grad_(False)
-        actor_loss, actor_info = self.actor_loss(batch, obs)
+        actor_loss, info = self.actor_loss(batch, obs, progress)
         self.step("actor", actor_loss)
         self.critic.requires_grad_(True)
-        log_prob = actor_info.pop("_log_prob")
+        log_prob = info.pop("_log_prob")
         if self.cfg.auto_alpha:
             alpha_loss, alpha_info = self.alpha_loss(log_prob)
             self.step("alpha", alpha_loss)
-            actor_info |= alpha_info
-        soft_update(self.critic_target, self.critic, self.cfg.tau)
-        self.num_updates += 1
-        return info | actor_info
+            info |= alpha_info
+        return info
 
 
 def main() -> None:

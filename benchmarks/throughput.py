@@ -34,8 +34,13 @@ AGENTS = {  # name -> (module, agent class, config class)
     "td3": ("agents.td3", "TD3", "TD3Config"),
     "td3bc": ("agents.td3bc", "TD3BC", "TD3BCConfig"),
     "sac": ("agents.sac", "SAC", "SACConfig"),
+    "redq": ("agents.redq", "REDQ", "REDQConfig"),
     "mopo": ("agents.mopo", "MOPO", "MOPOConfig"),
     "moore": ("agents.moore", "MOORe", "MOOReConfig"),
+    "iql": ("agents.iql", "IQL", "IQLConfig"),
+    "awac": ("agents.awac", "AWAC", "AWACConfig"),
+    "cql": ("agents.cql", "CQL", "CQLConfig"),
+    "calql": ("agents.calql", "CalQL", "CalQLConfig"),
 }
 MODEL_BASED = {"mopo", "moore"}
 
@@ -50,12 +55,20 @@ def synthetic_store(n: int, obs_dim: int, act_dim: int, device: torch.device) ->
     )
 
 
-def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256) -> dict:
+def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256,
+            critics: int | None = None) -> dict:
     module, cls_name, cfg_name = AGENTS[agent_name]
     mod = importlib.import_module(module)
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     torch.manual_seed(0)
-    agent = getattr(mod, cls_name)(getattr(mod, cfg_name)(), spec, device)
+    cfg = getattr(mod, cfg_name)()
+    if critics is not None:  # e.g. REDQ with 10 critics against 2: the ensemble's marginal cost
+        if not hasattr(cfg, "num_critics"):
+            raise ValueError(f"{agent_name} has no critic ensemble to resize")
+        cfg.num_critics = critics
+        if hasattr(cfg, "num_min"):
+            cfg.num_min = min(cfg.num_min, critics)
+    agent = getattr(mod, cls_name)(cfg, spec, device)
     store = synthetic_store(100_000, 17, 6, device)
     agent.on_offline_start(store)
     world = None
@@ -88,7 +101,9 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
     n = run_for(seconds)
     elapsed = time.perf_counter() - start
     return {"agent": agent_name, "updates_per_second": round(n / elapsed, 1), "updates": n,
-            "seconds": round(elapsed, 2), "batch_size": batch_size, "hidden": [256, 256],
+            "seconds": round(elapsed, 2), "batch_size": batch_size,
+            "hidden": list(getattr(cfg, "hidden", [256, 256])),  # the agent's default (CQL: CORL's 3x256)
+            "critics": getattr(cfg, "num_critics", None),
             "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -97,12 +112,13 @@ def main() -> None:
     parser.add_argument("--agent", required=True, choices=sorted(AGENTS))
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--critics", type=int, default=None, help="override the agent's num_critics")
     args = parser.parse_args()
     try:
         device = resolve_device(args.device)
     except ConfigError as err:
         parser.error(str(err))  # one line, exit status 2
-    print(json.dumps(measure(args.agent, args.seconds, device)))
+    print(json.dumps(measure(args.agent, args.seconds, device, critics=args.critics)))
 
 
 if __name__ == "__main__":

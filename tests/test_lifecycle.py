@@ -135,7 +135,8 @@ def test_contract_kill_and_resume_is_exact(name, stop_after, phase, tmp_path, ti
             assert log_rows(resumed.run_dir / log) == log_rows(ref.run_dir / log), log
     drop = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731 - wall clock
     assert drop(summary) == drop(ref_summary)
-    assert (summary["updates"], summary["env_steps"]) == (40 + 30, 40)  # online updates start after warm-up
+    utd = resumed.cfg.updates_per_step  # REDQ: G = 20 updates per env step
+    assert (summary["updates"], summary["env_steps"]) == (40 + 30 * utd, 40)  # online updates start after warm-up
 
 
 # --- presets ---------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ PRESETS = {  # what each experiment preset promises, for every agent
 AGENT_PRESETS = {  # where a paper's own budget differs, the agent's value wins over the generic preset
     ("td3", "paper"): {"trainer.warmup_steps": 25_000, "trainer.offline_updates": 0},  # TD3 start_timesteps
     ("sac", "paper"): {"trainer.warmup_steps": 10_000, "trainer.offline_updates": 0},
+    ("redq", "paper"): {"trainer.warmup_steps": 5_000, "trainer.offline_updates": 0},  # redq_sac.py start_steps
     ("mopo", "paper"): {"trainer.offline_updates": 3_000_000},  # OfflineRL-Kit's MOPO
     ("moore", "paper"): {"trainer.offline_updates": 3_000_000},
 }
@@ -163,7 +165,7 @@ def lookup(cfg, dotted: str):
 def test_presets_set_what_they_promise(name, preset):
     cfg = compose_config(name, [f"experiment={preset}"])
     promised = PRESETS[preset] | AGENT_PRESETS.get((name, preset), {})
-    if name in ("td3", "sac"):
+    if name in ("td3", "sac", "redq"):
         promised |= {"trainer.offline_updates": 0}  # online-only agents
     for key, value in promised.items():
         assert lookup(cfg, key) == value, (name, preset, key)

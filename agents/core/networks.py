@@ -132,3 +132,53 @@ def cosine_lr(base_lr: float, fraction_done: float) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def min_over_subset(q: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
+    """min over a random M-subset of the N critics, one fresh subset per call and the same for the
+    whole batch (REDQ, Chen et al. 2021): q [N, B] -> [B]. The generator lives on q's device."""
+    n = q.shape[0]
+    if not 1 <= m <= n:
+        raise ValueError(f"subset size {m} must lie in [1, {n}] (the number of critics)")
+    idx = torch.randperm(n, generator=generator, device=q.device)[:m]  # [M]
+    return q.index_select(0, idx).min(0).values  # [M, B] -> [B]
+
+
+def mean_over_critics(q: Tensor) -> Tensor:
+    """Mean over all N critics: q [N, B] -> [B] (REDQ's actor objective)."""
+    return q.mean(0)
+
+
+class GaussianActor(nn.Module):
+    """A Gaussian policy with a state-independent log-std and no tanh change of variables (CORL's IQL
+    `GaussianPolicy` and AWAC `Actor`): pi(a|s) = N(mu(s), sigma) in [-1, 1]-normalized action units,
+    samples clamped into the bounds, log-probs those of the unsquashed Normal. `tanh_mean` bounds the
+    mean (IQL) or leaves it free (AWAC)."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # CORL finetune/iql.py and finetune/awac.py
+
+    def __init__(self, obs_dim: int, act_dim: int, act_scale: Tensor, act_bias: Tensor, hidden=(256, 256),
+                 tanh_mean: bool = True):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))  # CORL: zeros, state-independent
+        self.tanh_mean = tanh_mean
+        self.register_buffer("act_scale", act_scale.clone().float())
+        self.register_buffer("act_bias", act_bias.clone().float())
+
+    def distribution(self, obs: Tensor) -> Normal:
+        mean = self.net(obs)  # [B, act_dim], normalized units
+        if self.tanh_mean:
+            mean = torch.tanh(mean)
+        return Normal(mean, self.log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp())
+
+    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """(action [B, act_dim] in env units, clamped into the bounds; log_prob [B] of the clamped action)."""
+        dist = self.distribution(obs)
+        u = (dist.mean if deterministic else dist.rsample()).clamp(-1.0, 1.0)
+        return u * self.act_scale + self.act_bias, dist.log_prob(u).sum(-1) - torch.log(self.act_scale).sum()
+
+    def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+        """log pi(a|s) [B] of env-space actions (the density in env units)."""
+        u = (act - self.act_bias) / self.act_scale
+        return self.distribution(obs).log_prob(u).sum(-1) - torch.log(self.act_scale).sum()
