@@ -40,7 +40,13 @@ class WorldModelConfig:
     # to fit as well as float32 by benchmarks/model_precision.py; see DynamicsEnsemble) | float32 | bfloat16
     train_precision: str = "auto"
     # standardize the regression targets (delta obs, reward) as well as the inputs (our original behaviour); false =
-    # raw-unit targets, as MBPO (Janner et al. 2019) and OfflineRL-Kit's MOPO. See DynamicsEnsemble.
+    # raw-unit targets, as MBPO (Janner et al. 2019) and OfflineRL-Kit's MOPO. See DynamicsEnsemble. True: measured
+    # better on the default dataset (HalfCheetah medium-replay, CPU, seed 0). `python -m agents.tools.calibration
+    # threads=1 world_model.normalize_targets=true|false` (30 epochs): holdout MSE in the same (train-std) units
+    # 0.091 vs 0.493, NLL -0.55 vs 0.81, aleatoric 1-step Spearman/AUROC on medium-expert 0.67/0.82 vs 0.51/0.81,
+    # 5-step state error 1.59 vs 2.63; with early stopping (fit_max_epochs=null, ~175 epochs) nearly tied (MSE 0.039 vs
+    # 0.047, Spearman 0.69 vs 0.69). `python -m agents.mopo threads=1 [seed=1] world_model.normalize_targets=...`:
+    # offline score 46.8, 58.4 vs 39.6, 32.6; online -140.7, -22.8 vs 22.8, -10.1 (the quick online phase is noise).
     normalize_targets: bool = True
     fit_max_epochs: int | None = None  # None = early stopping only (MOPO)
     fit_max_seconds: float | None = None  # wall-clock cap per fit (None = none)

@@ -89,12 +89,20 @@ def evaluate(
     rows = np.sort(rng.choice(n, size=min(num_states, n), replace=False))
     err1, u1 = [], {k: [] for k in ests}
     sq_sum = 0.0
+    # errors are in units of the target std: the model's own when it standardizes its targets, else
+    # (raw-target models, world_model.normalize_targets=false) that of the evaluated rows, so both
+    # kinds of model are scored on the same scale
+    if model.normalize_targets:
+        scale = model.target_std
+    else:
+        raw = np.concatenate([ds.next_observations[rows] - ds.observations[rows], ds.rewards[rows, None]], -1)
+        scale = _tensor(raw.std(0) + 1e-6, dev)
     for s in range(0, len(rows), chunk):
         r = rows[s : s + chunk]
         obs, act = _tensor(ds.observations[r], dev), _tensor(ds.actions[r], dev)
         target = torch.cat([_tensor(ds.next_observations[r], dev) - obs, _tensor(ds.rewards[r], dev)[:, None]], -1)
         mean, var = model.predict(obs, act)  # [E, B, D]
-        z = (target - mean.index_select(0, elites).mean(0)) / model.target_std  # [B, D]
+        z = (target - mean.index_select(0, elites).mean(0)) / scale  # [B, D]
         err1.append(torch.linalg.vector_norm(z, dim=-1).cpu())
         sq_sum += float(z.square().mean(-1).sum())
         for k, est in ests.items():
