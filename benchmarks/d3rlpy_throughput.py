@@ -40,13 +40,17 @@ def main() -> None:
     import d3rlpy
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", choices=["td3bc", "td3", "sac"], required=True)
+    parser.add_argument("--agent", choices=["td3bc", "td3", "sac", "cql", "calql", "iql", "awac"], required=True)
     parser.add_argument("--steps", type=int, default=2000)
     args = parser.parse_args()
     config = {
         "td3bc": d3rlpy.algos.TD3PlusBCConfig,
         "td3": d3rlpy.algos.TD3Config,
         "sac": d3rlpy.algos.SACConfig,
+        "cql": d3rlpy.algos.CQLConfig,  # 10 action samples per set, 2 critics: the same work as ours
+        "calql": d3rlpy.algos.CalQLConfig,
+        "iql": d3rlpy.algos.IQLConfig,
+        "awac": d3rlpy.algos.AWACConfig,
     }[args.agent](batch_size=256)
     algo = config.create(device="cpu:0")
     dataset = make_dataset()

@@ -23,6 +23,7 @@ import torch
 
 from agents.core.agent import EnvSpec
 from agents.core.config import ConfigError, resolve_device
+from worldmodels.data.fields import add_fields, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
 from worldmodels.data.store import TransitionStore
 from worldmodels.progress import Progress
@@ -56,12 +57,14 @@ def synthetic_store(n: int, obs_dim: int, act_dim: int, device: torch.device) ->
 
 
 def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256,
-            critics: int | None = None) -> dict:
+            critics: int | None = None, hidden: list[int] | None = None) -> dict:
     module, cls_name, cfg_name = AGENTS[agent_name]
     mod = importlib.import_module(module)
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     torch.manual_seed(0)
     cfg = getattr(mod, cfg_name)()
+    if hidden is not None:  # d3rlpy's sizes (256x2) where an agent's default differs (CQL, AWAC: 3x256)
+        cfg.hidden = hidden
     if critics is not None:  # e.g. REDQ with 10 critics against 2: the ensemble's marginal cost
         if not hasattr(cfg, "num_critics"):
             raise ValueError(f"{agent_name} has no critic ensemble to resize")
@@ -70,6 +73,8 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
             cfg.num_min = min(cfg.num_min, critics)
     agent = getattr(mod, cls_name)(cfg, spec, device)
     store = synthetic_store(100_000, 17, 6, device)
+    add_fields(store, agent.transition_fields())  # as the trainer does: Cal-QL's return-to-go
+    fill_offline(store, agent.transition_fields())
     agent.on_offline_start(store)
     world = None
     if agent_name in MODEL_BASED:
@@ -113,12 +118,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--critics", type=int, default=None, help="override the agent's num_critics")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None, help="override the agent's hidden sizes")
     args = parser.parse_args()
     try:
         device = resolve_device(args.device)
     except ConfigError as err:
         parser.error(str(err))  # one line, exit status 2
-    print(json.dumps(measure(args.agent, args.seconds, device, critics=args.critics)))
+    print(json.dumps(measure(args.agent, args.seconds, device, critics=args.critics, hidden=args.hidden)))
 
 
 if __name__ == "__main__":
