@@ -21,7 +21,7 @@ from agents.core.agent import Agent, EnvSpec
 from agents.core.config import ConfigError
 from agents.core.networks import CriticEnsemble, GaussianActor, ObsNormalizer, adam, soft_update
 from agents.iql import advantage_weighted_loss
-from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
 
 
@@ -57,10 +57,6 @@ class AWAC(Agent):
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
         }
 
-    def on_offline_start(self, offline: TransitionStore) -> None:
-        if self.cfg.normalize_obs:
-            self.normalizer.fit(offline.data["obs"][: len(offline)])
-
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         return self.actor(self.normalizer(obs), deterministic)[0]
@@ -88,12 +84,6 @@ class AWAC(Agent):
                                        1.0 / self.cfg.awac_lambda, self.cfg.max_weight)
 
     # --- update ------------------------------------------------------------------
-    def step(self, name: str, loss: Tensor) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
         critic_loss, info = self.critic_loss(batch, obs, next_obs)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from agents.core.agent import Agent, EnvSpec
 from agents.core.networks import DeterministicActor, ObsNormalizer, adam
-from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
 
 
@@ -40,19 +40,13 @@ class BC(Agent):
         self.to(device)
         self.optimizers = {"actor": adam(self.actor.parameters(), cfg.lr)}
 
-    def on_offline_start(self, offline: TransitionStore) -> None:
-        if self.cfg.normalize_obs:
-            self.normalizer.fit(offline.data["obs"][: len(offline)])
-
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         return self.actor(self.normalizer(obs))
 
     def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         loss, info = bc_loss(self.actor(self.normalizer(batch.obs)), batch.act)
-        self.optimizers["actor"].zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizers["actor"].step()
+        self.step("actor", loss)
         self.num_updates += 1
         return info
 

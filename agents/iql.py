@@ -31,7 +31,7 @@ from agents.core.networks import (
     set_lr,
     soft_update,
 )
-from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
 
 
@@ -113,10 +113,6 @@ class IQL(Agent):
             "value": adam(self.value.parameters(), cfg.value_lr),
         }
 
-    def on_offline_start(self, offline: TransitionStore) -> None:
-        if self.cfg.normalize_obs:
-            self.normalizer.fit(offline.data["obs"][: len(offline)])
-
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         obs = self.normalizer(obs)
@@ -151,12 +147,6 @@ class IQL(Agent):
         return -((self.actor(obs) - act) / self.actor.act_scale).square().sum(-1)
 
     # --- update ------------------------------------------------------------------
-    def step(self, name: str, loss: Tensor) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         if self.cfg.actor_lr_schedule == "cosine":
             # a function of progress, not a stateful scheduler: resumes exactly by construction

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from agents.core.agent import Agent, EnvSpec
 from agents.core.networks import CriticEnsemble, ObsNormalizer, TanhGaussianActor, adam, soft_update
-from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
 
 
@@ -56,10 +56,6 @@ class SAC(Agent):
     def alpha(self) -> Tensor:
         return self.log_alpha.detach().exp()
 
-    def on_offline_start(self, offline: TransitionStore) -> None:
-        if self.cfg.normalize_obs:
-            self.normalizer.fit(offline.data["obs"][: len(offline)])
-
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         return self.actor(self.normalizer(obs), deterministic)[0]
@@ -91,12 +87,6 @@ class SAC(Agent):
         return loss, {"loss/alpha": loss.detach(), "alpha": self.alpha}
 
     # --- update ------------------------------------------------------------------
-    def step(self, name: str, loss: Tensor) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
         info = self.critic_update(batch, obs, next_obs, progress)

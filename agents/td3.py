@@ -14,7 +14,7 @@ from torch import Tensor
 
 from agents.core.agent import Agent, EnvSpec
 from agents.core.networks import CriticEnsemble, DeterministicActor, ObsNormalizer, adam, soft_update
-from worldmodels.data.store import Batch, TransitionStore
+from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
 
 
@@ -49,10 +49,6 @@ class TD3(Agent):
             "actor": adam(self.actor.parameters(), cfg.actor_lr),
             "critic": adam(self.critic.parameters(), cfg.critic_lr),
         }
-
-    def on_offline_start(self, offline: TransitionStore) -> None:
-        if self.cfg.normalize_obs:
-            self.normalizer.fit(offline.data["obs"][: len(offline)])
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
@@ -93,16 +89,12 @@ class TD3(Agent):
     def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
         loss, info = self.critic_loss(batch, obs, next_obs)
-        self.optimizers["critic"].zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizers["critic"].step()
+        self.step("critic", loss)
         self.num_updates += 1
         if self.num_updates % self.cfg.policy_delay == 0:
             self.critic.requires_grad_(False)  # the actor's gradient needs no critic weight grads
             loss, actor_info = self.actor_loss(batch, obs)
-            self.optimizers["actor"].zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizers["actor"].step()
+            self.step("actor", loss)
             self.critic.requires_grad_(True)
             soft_update(self.critic_target, self.critic, self.cfg.tau)
             soft_update(self.actor_target, self.actor, self.cfg.tau)

@@ -64,7 +64,11 @@ class Agent(nn.Module):
         return []
 
     def on_offline_start(self, offline: TransitionStore) -> None:
-        pass
+        """Fit the observation normalizer to the dataset when the agent has one and its config
+        asks for it (TD3+BC's state normalization, Fujimoto & Gu 2021)."""
+        normalizer = getattr(self, "normalizer", None)
+        if normalizer is not None and getattr(self.cfg, "normalize_obs", False):
+            normalizer.fit(offline.data["obs"][: len(offline)])
 
     def on_phase(self, progress: Progress) -> None:
         pass
@@ -73,6 +77,13 @@ class Agent(nn.Module):
         pass
 
     # --- helpers for subclasses --------------------------------------------------
+    def step(self, name: str, loss: Tensor) -> None:
+        """One optimizer step of `self.optimizers[name]` on `loss`."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
     def random_action(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         u = torch.rand((n, self.spec.act_dim), device=self.device, generator=generator)
         return self.spec.act_low.to(self.device) + u * (self.spec.act_high - self.spec.act_low).to(self.device)
