@@ -15,7 +15,6 @@ Prints one JSON line. The warm-up updates (first 10% of the time) are not counte
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 
@@ -23,6 +22,7 @@ import torch
 
 from agents.core.agent import EnvSpec
 from agents.core.config import ConfigError, resolve_device
+from agents.core.registry import discover_agents
 from worldmodels.data.fields import add_fields, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
 from worldmodels.data.store import TransitionStore
@@ -30,19 +30,7 @@ from worldmodels.progress import Progress
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
 
-AGENTS = {  # name -> (module, agent class, config class)
-    "bc": ("agents.bc", "BC", "BCConfig"),
-    "td3": ("agents.td3", "TD3", "TD3Config"),
-    "td3bc": ("agents.td3bc", "TD3BC", "TD3BCConfig"),
-    "sac": ("agents.sac", "SAC", "SACConfig"),
-    "redq": ("agents.redq", "REDQ", "REDQConfig"),
-    "mopo": ("agents.mopo", "MOPO", "MOPOConfig"),
-    "moore": ("agents.moore", "MOORe", "MOOReConfig"),
-    "iql": ("agents.iql", "IQL", "IQLConfig"),
-    "awac": ("agents.awac", "AWAC", "AWACConfig"),
-    "cql": ("agents.cql", "CQL", "CQLConfig"),
-    "calql": ("agents.calql", "CalQL", "CalQLConfig"),
-}
+AGENTS = discover_agents()  # name -> (agent class, config class): every agent in agents/
 MODEL_BASED = {"mopo", "moore"}
 
 
@@ -58,11 +46,10 @@ def synthetic_store(n: int, obs_dim: int, act_dim: int, device: torch.device) ->
 
 def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256,
             critics: int | None = None, hidden: list[int] | None = None) -> dict:
-    module, cls_name, cfg_name = AGENTS[agent_name]
-    mod = importlib.import_module(module)
+    agent_cls, config_cls = AGENTS[agent_name]
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     torch.manual_seed(0)
-    cfg = getattr(mod, cfg_name)()
+    cfg = config_cls()
     if hidden is not None:  # d3rlpy's sizes (256x2) where an agent's default differs (CQL, AWAC: 3x256)
         cfg.hidden = hidden
     if critics is not None:  # e.g. REDQ with 10 critics against 2: the ensemble's marginal cost
@@ -71,7 +58,7 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
         cfg.num_critics = critics
         if hasattr(cfg, "num_min"):
             cfg.num_min = min(cfg.num_min, critics)
-    agent = getattr(mod, cls_name)(cfg, spec, device)
+    agent = agent_cls(cfg, spec, device)
     store = synthetic_store(100_000, 17, 6, device)
     add_fields(store, agent.transition_fields())  # as the trainer does: Cal-QL's return-to-go
     fill_offline(store, agent.transition_fields())

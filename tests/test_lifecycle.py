@@ -12,10 +12,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
-import importlib
-import inspect
-import pkgutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -27,10 +23,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-import agents
-from agents.core.agent import Agent, EnvSpec
+from agents.core.agent import EnvSpec
 from agents.core.config import RunConfig
 from agents.core.entry import CONFIG_DIR, build_run
+from agents.core.registry import discover_agents
 from agents.core.trainer import Trainer
 from agents.sac import SAC, SACConfig
 from worldmodels.data.fields import NO_VALUE, ReturnToGo
@@ -39,23 +35,6 @@ from worldmodels.data.store import Batch, TransitionStore
 from worldmodels.progress import EpisodeEnd, Progress
 
 EPISODE = 25  # short HalfCheetah episodes: the online phase crosses resets
-
-
-def discover_agents() -> dict[str, tuple[type[Agent], type]]:
-    """Every `python -m agents.<name>`: the module's own Agent subclass and its config dataclass."""
-    found = {}
-    for info in pkgutil.iter_modules(agents.__path__):
-        if info.ispkg:
-            continue
-        mod = importlib.import_module(f"agents.{info.name}")
-        classes = [c for c in vars(mod).values() if inspect.isclass(c) and c.__module__ == mod.__name__]
-        agent_cls = [c for c in classes if issubclass(c, Agent)]
-        config_cls = [c for c in classes if dataclasses.is_dataclass(c)
-                      and any(f.name == "name" and f.default == info.name for f in dataclasses.fields(c))]
-        if agent_cls and hasattr(mod, "main"):
-            assert len(agent_cls) == 1 and len(config_cls) == 1, f"agents/{info.name}.py: one agent, one config"
-            found[info.name] = (agent_cls[0], config_cls[0])
-    return found
 
 
 AGENTS = discover_agents()
