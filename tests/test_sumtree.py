@@ -226,3 +226,45 @@ def test_capacity_past_2_pow_24(device):
     idx = tree.sample(2**13, gen(device), stratified=True).cpu()
     assert torch.equal(idx[2**12 :], torch.full((2**12,), n - 1))
     assert torch.equal(idx[: 2**12] // 2**13, torch.arange(2**12))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_cpu_walk_draws_the_rows_of_the_tensor_walk(layout):
+    """On CPU the tree runs compiled loops; they must do the tensor ops' arithmetic in the same
+    order: on identical levels both walks pick identical rows (zero rows, tiny and huge
+    priorities included), and write-backs leave identical leaves and sums equal to round-off."""
+    g = torch.Generator().manual_seed(11)
+    capacity = 5000
+    priority = torch.rand(capacity, generator=g, dtype=torch.float64)
+    priority[torch.rand(capacity, generator=g) < 0.3] = 0.0
+    priority[::97] = 1e-300
+    priority[::89] = 1e6
+    compiled = SumTree(capacity, "cpu", *layout, kernel="compiled")
+    tensor = SumTree(capacity, "cpu", *layout, kernel="tensor")
+    for step in range(30):
+        if step:
+            idx = torch.randint(0, capacity, (256,), generator=g)
+            value = torch.rand(256, generator=g, dtype=torch.float64) * (torch.rand(256, generator=g) < 0.9)
+            compiled.update(idx, value)
+            tensor.update(idx, value)
+            assert torch.equal(compiled.levels[0], tensor.levels[0])
+            for mine, theirs in zip(compiled.levels, tensor.levels, strict=True):
+                assert close(mine, theirs)
+        else:
+            compiled.set_all(priority)
+            tensor.set_all(priority)
+        for mine, theirs in zip(compiled.levels, tensor.levels, strict=True):
+            theirs.copy_(mine)  # identical levels: any difference in the draws is the walk's
+        for stratified in (False, True):
+            a = compiled.sample(1024, gen("cpu", step), stratified=stratified)
+            b = tensor.sample(1024, gen("cpu", step), stratified=stratified)
+            assert torch.equal(a, b), (step, stratified)
+
+
+def test_compiled_kernel_is_cpu_only_and_named():
+    with pytest.raises(ValueError, match="kernel must be"):
+        SumTree(10, kernel="numba")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CPU only"):
+            SumTree(10, "cuda", kernel="compiled")
+    assert SumTree(10).kernel == "compiled" and SumTree(10, kernel="tensor").kernel == "tensor"
