@@ -172,6 +172,11 @@ class HeldStderr:
     def __init__(self, real):
         self.real, self.held, self.holding = real, [], True
 
+    def __reduce__(self):
+        # the job function holds this object; the joblib launcher (hydra/launcher=local) pickles that
+        # function into its worker processes, where the job has started: plain pass-through to their stderr
+        return _passthrough_stderr, ()
+
     def write(self, text: str) -> int:
         if self.holding:
             self.held.append(text)
@@ -192,6 +197,12 @@ class HeldStderr:
 
     def __getattr__(self, name: str):  # isatty, fileno, flush, encoding ... from the real stream
         return getattr(self.real, name)
+
+
+def _passthrough_stderr() -> HeldStderr:
+    held = HeldStderr(sys.stderr)
+    held.holding = False
+    return held
 
 
 def unusable_run_dir(argv: list[str]) -> str | None:

@@ -1,0 +1,220 @@
+"""The evaluation suite: agents x datasets x seeds through hydra multirun, then the report.
+
+    python -m benchmarks.suite suite=smoke|quick|paper out=DIR [agents=[bc,td3bc]] [datasets=[default]]
+                               [seeds=N] [reps=2000] [KEY=VALUE ...] [hydra/launcher=slurm hydra.launcher.X=...]
+
+A preset (configs/suite/<name>.yaml) names the agents (`all`: every agents/<name>.py, found by
+agents/core/registry.py, so a new agent joins by existing), the datasets (configs/dataset/
+names), the number of seeds and the overrides every run gets; `agents=`, `datasets=`, `seeds=`
+replace the preset's, and any other KEY=VALUE is added to every run's overrides (e.g.
+`trainer.online_steps=2000`, `threads=1`, `device=cuda`).
+
+Each agent's jobs go to one `python -m agents.<name> -m ...` sweep on the local parallel
+launcher (`hydra/launcher=local`, joblib) unless a `hydra/launcher=` is given (`slurm`). A job's
+directory is DIR/runs/<agent>/<its overrides>/, hydra's override_dirname as configs/common.yaml
+sets it, so the same command finds the same directories: a run with summary.json is finished and
+skipped, a run with a checkpoint is started again and resumes from it (agents/core/entry.py), the
+rest start fresh. Then the report (benchmarks/report.py) of the suite's runs goes into DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from benchmarks.report import make_report
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SUITE_KEYS = ("suite", "out", "agents", "datasets", "seeds", "reps")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Job:
+    agent: str
+    dataset: str
+    seed: int
+    run_dir: Path
+
+    @property
+    def status(self) -> str:
+        """finished (summary.json), resume (a checkpoint of a cut-off run) or new."""
+        if (self.run_dir / "summary.json").exists():
+            return "finished"
+        if (self.run_dir / "checkpoint.pt").exists():
+            return "resume"
+        return "new"
+
+
+@dataclass
+class Suite:
+    agents: list[str]
+    datasets: list[str]
+    seeds: int
+    overrides: dict[str, str]  # every run's task overrides (they name its directory)
+    hydra: dict[str, str]  # hydra overrides: launcher and its fields (never in the directory name)
+
+
+def fmt(value) -> str:
+    """A YAML value as a hydra override value (lists as [a,b], booleans and null in lowercase)."""
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(fmt(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def as_list(text) -> list[str]:
+    """`[a,b]`, `a,b` or a YAML list -> ['a', 'b']."""
+    if isinstance(text, list | tuple):
+        return [str(t) for t in text]
+    text = str(text).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def all_agents() -> list[str]:
+    from agents.core.registry import discover_agents
+
+    return sorted(discover_agents())
+
+
+def load_suite(args: dict[str, str]) -> Suite:
+    """The preset named by `suite=` with the command line's replacements and extra overrides."""
+    name = args.get("suite", "smoke")
+    path = CONFIG_DIR / "suite" / f"{name}.yaml"
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "suite").glob("*.yaml")))
+        raise ValueError(f"suite={name} is not a preset; choose one of {names}")
+    preset = OmegaConf.to_container(OmegaConf.load(path))
+    known = all_agents()
+    agents = args.get("agents", preset["agents"])
+    agents = known if agents == "all" else as_list(agents)
+    unknown = [a for a in agents if a not in known]
+    if unknown:
+        raise ValueError(f"unknown agent(s) {', '.join(unknown)}; the agents are {', '.join(known)}")
+    datasets = as_list(args.get("datasets", preset["datasets"]))
+    unknown = [d for d in datasets if not (CONFIG_DIR / "dataset" / f"{d}.yaml").exists()]
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}: each must be a configs/dataset/<name>.yaml "
+                         "(a Minari id goes in as dataset.id=ID with datasets=[default])")
+    seeds = int(args.get("seeds", preset["seeds"]))
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds}: give at least 1")
+    extra = {k: v for k, v in args.items() if k not in SUITE_KEYS}
+    for key in ("seed", "dataset"):
+        if key in extra:
+            raise ValueError(f"{key}= is set by the suite; use {key}s= instead")
+    overrides = {k: fmt(v) for k, v in preset.get("overrides", {}).items()}
+    overrides |= {k: v for k, v in extra.items() if not k.startswith("hydra")}
+    hydra = {"hydra/launcher": "local"} | {k: v for k, v in extra.items() if k.startswith("hydra")}
+    return Suite(agents, datasets, seeds, overrides, hydra)
+
+
+def excluded_keys() -> list[str]:
+    """The keys that do not name a run directory (configs/common.yaml)."""
+    common = OmegaConf.load(CONFIG_DIR / "common.yaml")
+    return list(common.hydra.job.config.override_dirname.exclude_keys)
+
+
+def override_dirname(overrides: dict[str, str]) -> str:
+    """The directory name hydra gives a job with these task overrides (its override_dirname:
+    the `key=value` lines, excluded keys left out, sorted, joined by commas)."""
+    skip = set(excluded_keys())
+    return ",".join(sorted(f"{k}={v}" for k, v in overrides.items() if k not in skip))
+
+
+def plan(suite: Suite, out: Path) -> list[Job]:
+    jobs = []
+    for agent in suite.agents:
+        for dataset in suite.datasets:
+            for seed in range(suite.seeds):
+                name = override_dirname(suite.overrides | {"dataset": dataset, "seed": str(seed)})
+                jobs.append(Job(agent, dataset, seed, out / "runs" / agent / name))
+    return jobs
+
+
+def sweeps(jobs: list[Job]) -> list[tuple[str, list[str], list[int]]]:
+    """The unfinished jobs as few hydra sweeps as their grid allows: (agent, datasets, seeds),
+    one per agent and set of seeds still to run."""
+    todo: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for j in jobs:
+        if j.status != "finished":
+            todo[j.agent][j.dataset].append(j.seed)
+    out = []
+    for agent, by_dataset in todo.items():
+        by_seeds: dict[tuple[int, ...], list[str]] = defaultdict(list)
+        for dataset, seeds in by_dataset.items():
+            by_seeds[tuple(seeds)].append(dataset)
+        out += [(agent, datasets, list(seeds)) for seeds, datasets in by_seeds.items()]
+    return out
+
+
+def sweep_command(suite: Suite, out: Path, agent: str, datasets: list[str], seeds: list[int]) -> list[str]:
+    return [sys.executable, "-m", f"agents.{agent}", "-m", f"hydra.sweep.dir={out / 'runs' / agent}",
+            *(f"{k}={v}" for k, v in suite.hydra.items()), *(f"{k}={v}" for k, v in suite.overrides.items()),
+            f"dataset={','.join(datasets)}", f"seed={','.join(map(str, seeds))}"]
+
+
+def run_suite(suite: Suite, out: Path, reps: int = 2000) -> tuple[Path, list[Job]]:
+    """Run what is not finished, then write the report; returns (report.md, the jobs without a summary)."""
+    out = out.absolute()
+    jobs = plan(suite, out)
+    counts = defaultdict(int)
+    for j in jobs:
+        counts[j.status] += 1
+    print(f"suite: {len(jobs)} runs ({len(suite.agents)} agents x {len(suite.datasets)} datasets x {suite.seeds} "
+          f"seeds): {counts['finished']} finished (skipped), {counts['resume']} to resume, {counts['new']} new",
+          flush=True)
+    env = os.environ.copy()
+    if suite.hydra["hydra/launcher"] != "slurm":
+        env.setdefault("OMP_NUM_THREADS", "1")  # parallel local jobs: one thread each
+    for agent, datasets, seeds in sweeps(jobs):
+        cmd = sweep_command(suite, out, agent, datasets, seeds)
+        print("suite:", " ".join(cmd[1:]), flush=True)
+        code = subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
+        if code != 0:
+            print(f"suite: the {agent} sweep exited with status {code}; continuing with the others", file=sys.stderr)
+    failed = [j for j in jobs if j.status != "finished"]
+    header = ""
+    if failed:
+        header = "**Runs without a result** (rerun the same command to resume them):\n\n" + "\n".join(
+            f"- {j.agent} / {j.dataset} / seed {j.seed}: {j.run_dir}" for j in failed)
+    finished = [j.run_dir for j in jobs if j.status == "finished"]
+    if not finished:
+        raise RuntimeError("no run of the suite finished; see the errors above")
+    preset = (f"Suite: agents {', '.join(suite.agents)}; datasets {', '.join(suite.datasets)}; {suite.seeds} seeds; "
+              f"overrides {' '.join(f'{k}={v}' for k, v in suite.overrides.items())}.")
+    return make_report(finished, out, reps=reps, header=preset + ("\n\n" + header if header else "")), failed
+
+
+def parse(argv: list[str]) -> dict[str, str]:
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ValueError(f"arguments are KEY=VALUE; got {' '.join(bad)}")
+    return dict(a.split("=", 1) for a in argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+        if "out" not in args:
+            raise ValueError("give out=DIR (the runs go to DIR/runs/, the report to DIR/report.md)")
+        suite = load_suite(args)
+        report, failed = run_suite(suite, Path(args["out"]), int(args.get("reps", 2000)))
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"suite: report in {report}" + (f"; {len(failed)} runs without a result" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

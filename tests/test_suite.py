@@ -1,0 +1,93 @@
+"""The evaluation suite (benchmarks/suite.py): presets, run directories named by config, which
+runs it skips or resumes, and one tiny end-to-end suite (two agents, hydra multirun on the local
+launcher) that writes report.md and the PNGs. The full `suite=smoke` over every agent is a user's
+check, not CI's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import PYCACHE
+
+from benchmarks import report as R
+from benchmarks import suite as S
+from worldmodels.data.minari_load import load_offline_dataset
+
+#: a few hundred updates per run, nets of 32x32
+TINY = {"trainer.offline_updates": "100", "trainer.online_steps": "200", "trainer.eval_every": "100",
+        "trainer.eval_episodes": "1", "trainer.log_every": "50", "trainer.checkpoint_every": "200",
+        "agent.hidden": "[32,32]", "threads": "1", "trainer.progress": "false"}
+
+
+def test_presets_name_every_agent_and_their_datasets():
+    smoke = S.load_suite({"suite": "smoke"})
+    assert smoke.agents == S.all_agents() and len(smoke.agents) >= 10  # every agent that exists, found by looking
+    assert smoke.datasets == ["default"] and smoke.seeds == 1 and smoke.overrides == {"experiment": "smoke"}
+    quick = S.load_suite({"suite": "quick"})
+    assert quick.datasets == ["halfcheetah-medium-replay", "hopper-medium-replay", "walker2d-medium"]
+    assert quick.seeds == 3 and quick.overrides["experiment"] == "quick"
+    assert int(quick.overrides["dataset.train_steps"]) >= 100_000
+    paper = S.load_suite({"suite": "paper"})
+    assert sorted(paper.datasets) == sorted(f"{e}-{q}" for e in ("halfcheetah", "hopper", "walker2d")
+                                            for q in ("medium", "medium-replay", "medium-expert"))
+    assert int(paper.overrides["dataset.train_steps"]) >= 1_000_000 and paper.overrides["experiment"] == "paper"
+    assert quick.hydra == {"hydra/launcher": "local"}
+
+
+def test_command_line_replaces_the_preset():
+    s = S.load_suite({"suite": "quick", "agents": "[bc,td3bc]", "datasets": "[default]", "seeds": "2",
+                      "trainer.online_steps": "50", "hydra/launcher": "slurm", "hydra.launcher.partition": "gpu"})
+    assert (s.agents, s.datasets, s.seeds) == (["bc", "td3bc"], ["default"], 2)
+    assert s.overrides["trainer.online_steps"] == "50" and s.overrides["experiment"] == "quick"
+    assert s.hydra == {"hydra/launcher": "slurm", "hydra.launcher.partition": "gpu"}
+    for bad in ({"agents": "[nope]"}, {"datasets": "[nope]"}, {"suite": "nope"}, {"seed": "3"}, {"seeds": "0"}):
+        with pytest.raises(ValueError):
+            S.load_suite({"suite": "smoke"} | bad)
+
+
+def test_run_directories_are_named_by_config_and_planned_by_state(tmp_path):
+    s = S.load_suite({"suite": "quick", "agents": "[bc]", "datasets": "[default,hopper-medium]", "seeds": "2",
+                      "threads": "1"})
+    jobs = S.plan(s, tmp_path)
+    assert len(jobs) == 4
+    # hydra's override_dirname: sorted key=value lines, excluded keys (threads) left out
+    name = "dataset.train_steps=100000,dataset=default,experiment=quick,seed=0"
+    assert jobs[0].run_dir == tmp_path / "runs" / "bc" / name
+    assert [j.status for j in jobs] == ["new"] * 4
+    jobs[0].run_dir.mkdir(parents=True)
+    (jobs[0].run_dir / "checkpoint.pt").write_bytes(b"")
+    (jobs[0].run_dir / "summary.json").write_text("{}")  # finished (its checkpoint stays)
+    jobs[3].run_dir.mkdir(parents=True)
+    (jobs[3].run_dir / "checkpoint.pt").write_bytes(b"")  # cut off
+    assert [j.status for j in jobs] == ["finished", "new", "new", "resume"]
+    # default's seed 1 and hopper's seeds 0, 1 remain: two sweeps, none of them reruns a finished job
+    assert sorted(S.sweeps(jobs)) == [("bc", ["default"], [1]), ("bc", ["hopper-medium"], [0, 1])]
+    cmd = S.sweep_command(s, tmp_path, "bc", ["hopper-medium"], [0, 1])
+    assert cmd[2:4] == ["agents.bc", "-m"] and "hydra/launcher=local" in cmd and "threads=1" in cmd
+    assert cmd[-2:] == ["dataset=hopper-medium", "seed=0,1"]
+
+
+def test_suite_end_to_end_two_agents(tmp_path, tiny_dataset_id, monkeypatch):
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # the sweeps' processes reuse compiled modules
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(PYCACHE))
+    args = {"suite": "smoke", "out": str(tmp_path), "agents": "[bc,td3bc]", "datasets": "[default]", "seeds": "1",
+            "dataset.id": tiny_dataset_id, "reps": "200"} | TINY
+    assert S.main([f"{k}={v}" for k, v in args.items()]) == 0
+    runs = sorted((tmp_path / "runs").rglob("summary.json"))
+    name = S.override_dirname(S.load_suite(args).overrides | {"dataset": "default", "seed": "0"})
+    # named by the config, hydra's way (a dataset.id's slashes nest folders), so a rerun finds them
+    assert runs == [tmp_path / "runs" / agent / name / "summary.json" for agent in ("bc", "td3bc")]
+    for p in runs:
+        assert json.loads(p.read_text())["env_steps"] == 200
+    report = (tmp_path / "report.md").read_text()
+    assert "| bc offline | bc online | td3bc offline | td3bc online |" in report
+    ds = load_offline_dataset(tiny_dataset_id)  # the behaviour policies' returns are stated
+    assert f"| {tiny_dataset_id} | {ds.ref_min_score:.1f} | {ds.ref_max_score:.1f} |" in report
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["aggregate.png", f"curve_{R.slug(tiny_dataset_id)}.png"]
+    assert all((tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    # a second call finds every run finished: nothing is launched, the report is made again
+    stamp = runs[0].stat().st_mtime_ns
+    assert S.main([f"{k}={v}" for k, v in args.items()]) == 0
+    assert runs[0].stat().st_mtime_ns == stamp
