@@ -182,3 +182,81 @@ class GaussianActor(nn.Module):
         """log pi(a|s) [B] of env-space actions (the density in env units)."""
         u = (act - self.act_bias) / self.act_scale
         return self.distribution(obs).log_prob(u).sum(-1) - torch.log(self.act_scale).sum()
+
+
+class ValueEnsemble(nn.Module):
+    """N independent state-value networks evaluated together: V(s) -> [N, B]. The same layers as
+    `CriticEnsemble` with the state alone as input, so a member's weights can seed a critic's (ACA's
+    R = Z initialisation, agents/aca.py)."""
+
+    def __init__(self, obs_dim: int, num_members: int = 2, hidden: Sequence[int] = (256, 256)):
+        super().__init__()
+        self.num_members = num_members
+        dims = [obs_dim, *hidden]
+        self.hidden = nn.ModuleList(EnsembleLinear(i, o, num_members) for i, o in zip(dims[:-1], dims[1:], strict=True))
+        self.head = EnsembleLinear(dims[-1], 1, num_members)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = obs.unsqueeze(0).expand(self.num_members, *obs.shape)  # [N, B, obs_dim]
+        for layer in self.hidden:
+            x = torch.relu(layer(x))  # [N, B, hidden]
+        return self.head(x).squeeze(-1)  # [N, B]
+
+
+def mixture_moments(means: Tensor, stds: Tensor, log_std_min: float = -20.0,
+                    log_std_max: float = 2.0) -> tuple[Tensor, Tensor]:
+    """The Gaussian matching the first two moments of an equal-weight mixture of E Gaussians (Off2On's
+    ensemble policy, Lee et al. 2021; Off2OnRL `ParallelTanhGaussianPolicy`, in the pre-tanh space):
+    means, stds [E, B, A] -> mean [B, A] = mean_e mu_e and std [B, A] with
+    var = mean_e(sigma_e^2 + mu_e^2) - mean^2. The std is kept in [e^log_std_min, e^log_std_max] (the
+    reference's clamp), applied to the variance so that round-off below 0 never reaches the sqrt."""
+    mean = means.mean(0)  # [B, A]
+    var = (stds.square() + means.square()).mean(0) - mean.square()  # [B, A]
+    return mean, var.clamp(math.exp(2.0 * log_std_min), math.exp(2.0 * log_std_max)).sqrt()
+
+
+def squashed_sample(mean: Tensor, std: Tensor, act_scale: Tensor, act_bias: Tensor,
+                    deterministic: bool = False) -> tuple[Tensor, Tensor]:
+    """tanh-Gaussian action [..., A] in env units and its log-density [...] (TanhGaussianActor's maths for
+    any leading shape)."""
+    dist = Normal(mean, std)
+    pre_tanh = dist.mean if deterministic else dist.rsample()
+    log_det = 2.0 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh))
+    log_prob = (dist.log_prob(pre_tanh) - log_det).sum(-1) - torch.log(act_scale).sum()
+    return torch.tanh(pre_tanh) * act_scale + act_bias, log_prob
+
+
+class EnsembleTanhGaussianActor(nn.Module):
+    """E squashed-Gaussian policies as one module (EnsembleLinear layers: one batched matmul per layer
+    for all members). `forward` gives every member's own sample; `mixture` samples the moment-matched
+    mixture of the members (Off2On's acting and online policy)."""
+
+    LOG_STD_MIN, LOG_STD_MAX = TanhGaussianActor.LOG_STD_MIN, TanhGaussianActor.LOG_STD_MAX
+
+    def __init__(self, obs_dim: int, act_dim: int, act_scale: Tensor, act_bias: Tensor, hidden=(256, 256),
+                 ensemble_size: int = 5):
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        dims = [obs_dim, *hidden]
+        self.hidden = nn.ModuleList(EnsembleLinear(i, o, ensemble_size) for i, o in zip(dims[:-1], dims[1:],
+                                                                                        strict=True))
+        self.head = EnsembleLinear(dims[-1], 2 * act_dim, ensemble_size)
+        self.register_buffer("act_scale", act_scale.clone().float())
+        self.register_buffer("act_bias", act_bias.clone().float())
+
+    def moments(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """obs [B, obs] (shared) or [E, B, obs] -> each member's pre-tanh mean and std, [E, B, A]."""
+        x = obs if obs.dim() == 3 else obs.unsqueeze(0).expand(self.ensemble_size, *obs.shape)
+        for layer in self.hidden:
+            x = torch.relu(layer(x))  # [E, B, hidden]
+        mean, log_std = self.head(x).chunk(2, dim=-1)  # [E, B, A] each
+        return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()
+
+    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """Every member's action [E, B, A] and log-density [E, B]."""
+        return squashed_sample(*self.moments(obs), self.act_scale, self.act_bias, deterministic)
+
+    def mixture(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """The moment-matched mixture's action [B, A] and log-density [B]."""
+        mean, std = mixture_moments(*self.moments(obs), self.LOG_STD_MIN, self.LOG_STD_MAX)
+        return squashed_sample(mean, std, self.act_scale, self.act_bias, deterministic)
