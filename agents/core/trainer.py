@@ -213,6 +213,8 @@ class Trainer:
         st.online_started = True
         self.agent.on_phase(self.progress())  # on a fresh start and on resume alike: hooks are idempotent
         if first:
+            self.sampler.seed_online()  # offline rows copied into the online store (sampler.online_seed_*)
+            st.episode_start_row = self.online.cursor
             self.obs, _ = self.env.reset(seed=self.seed)
         self._info = {}
         while st.env_steps < cfg.online_steps:

@@ -16,6 +16,9 @@ Two layers:
   | `uniform`     | offline and online pooled: shares proportional to their sizes        |
   | `moore_decay` | MOORe's priorities: offline 1/(alpha t), online 1 (Mao et al. 2022)  |
   | `priority`    | a sum tree over offline + online rows; agents write priorities back |
+  | `balanced`    | `priority` with density-ratio priorities w(s,a) (Off2On, Lee et al. 2021) |
+  | `apl`         | APL (Zheng et al. 2023): whole batch from the recent online rows    |
+  |               | w.p. `recent_prob` (source `recent`), else offline + online pooled  |
 
   The offline phase draws offline rows only, for every kind. Imagined rows make up
   `model_share` (1 - rollout.real_ratio) of a batch whenever the model store holds any.
@@ -26,12 +29,19 @@ is its share of the sampling mass, rounded by `split_counts`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from worldmodels.data.density_ratio import (
+    DensityRatio,
+    DensityRatioConfig,
+    balanced_priority,
+    check_density_ratio_config,
+    initial_max_priority,
+)
 from worldmodels.data.store import SOURCE_IDS, Batch, TransitionStore
 from worldmodels.data.sumtree import SumTree
 from worldmodels.progress import Progress
@@ -103,7 +113,7 @@ class MixtureSampler:
 
 
 # --- the batch sampler: sources and composition by config ---------------------------------------
-KINDS = ("symmetric", "online_only", "uniform", "moore_decay", "priority")
+KINDS = ("symmetric", "online_only", "uniform", "moore_decay", "priority", "apl", "balanced")
 
 
 @dataclass
@@ -117,6 +127,19 @@ class SamplerConfig:
     epoch_steps: int = 2500
     # priority: the priority a new online row starts with, relative to the largest so far (PER's max-priority rule)
     initial_priority: float = 1.0
+    # balanced: the density-ratio estimator and its priorities (worldmodels/data/density_ratio.py, Off2OnRL values)
+    ratio: DensityRatioConfig = field(default_factory=DensityRatioConfig)
+    # every kind: offline rows copied into the online store at the switch, max(fraction x dataset, min) of them
+    # (at most its capacity), drawn uniformly with replacement; AdaptiveBC (Zhao et al. 2022) seeds its online
+    # buffer with max(5%, 50k). 0 and 0: none
+    online_seed_fraction: float = 0.0
+    online_seed_min: int = 0
+    # apl: the recent window holds the last `recent_size` online rows (APL0 online_size 20k, Zheng et al. 2023)
+    recent_size: int = 20_000
+    # apl: recent batches only once the window holds more than this many rows (APL0: 10k)
+    recent_min: int = 10_000
+    # apl: probability that a batch comes from the recent window (APL0 p_online 0.5)
+    recent_prob: float = 0.5
 
 
 def check_sampler_config(cfg: SamplerConfig) -> str | None:
@@ -131,6 +154,15 @@ def check_sampler_config(cfg: SamplerConfig) -> str | None:
         return f"sampler.epoch_steps={cfg.epoch_steps} must be a positive number of env steps."
     if cfg.initial_priority <= 0:
         return f"sampler.initial_priority={cfg.initial_priority} must be positive."
+    if cfg.kind == "balanced" and check_density_ratio_config(cfg.ratio):
+        return check_density_ratio_config(cfg.ratio)
+    if not 0.0 <= cfg.online_seed_fraction <= 1.0 or cfg.online_seed_min < 0:
+        return (f"sampler.online_seed_fraction={cfg.online_seed_fraction} must lie in [0, 1] and "
+                f"sampler.online_seed_min={cfg.online_seed_min} be >= 0.")
+    if cfg.recent_size <= 0 or cfg.recent_min < 0:
+        return f"sampler.recent_size={cfg.recent_size} must be positive and sampler.recent_min={cfg.recent_min} >= 0."
+    if not 0.0 <= cfg.recent_prob <= 1.0:
+        return f"sampler.recent_prob={cfg.recent_prob} must lie in [0, 1]."
     return None
 
 
@@ -146,6 +178,13 @@ class Sources:
 def moore_offline_priority(epoch: int, alpha: float) -> float:
     """MOORe's priority of every offline transition in online epoch t >= 1 (online ones have 1.0)."""
     return 1.0 / (alpha * epoch)
+
+
+def online_seed_rows(cfg: SamplerConfig, num_offline: int, capacity: int) -> int:
+    """How many offline rows seed the online store: max(fraction x dataset, min), at most its capacity."""
+    if num_offline == 0 or (cfg.online_seed_fraction == 0 and cfg.online_seed_min == 0):
+        return 0
+    return min(max(int(cfg.online_seed_fraction * num_offline), cfg.online_seed_min), capacity)
 
 
 class BatchSampler:
@@ -217,6 +256,15 @@ class BatchSampler:
         device = self.sources.online.device
         return torch.cat([torch.full((len(self.sources.offline),), self.offline_priority(progress), device=device),
                           torch.ones(len(self.sources.online), device=device)])
+
+    def seed_online(self, generator: torch.Generator | None = None) -> int:
+        """At the switch, before the first env step: copy `online_seed_rows` offline rows (uniform, with
+        replacement) into the online store, which the checkpoint then carries. Returns their number."""
+        offline, online = self.sources.offline, self.sources.online
+        n = online_seed_rows(self.cfg, len(offline) if offline is not None else 0, online.capacity)
+        if n > 0:
+            self.rows_added("online", online.add(**offline.gather(offline.sample_indices(n, generator)).as_dict()))
+        return n
 
     def rows_added(self, source: str, rows: Tensor) -> None:
         """New rows were written to a store (the priority sampler gives them a start priority)."""
@@ -291,9 +339,95 @@ class PriorityBatchSampler(BatchSampler):
         self.max_priority = state["max_priority"].to(self.max_priority)
 
 
+class APLBatchSampler(BatchSampler):
+    """APL's online-offline replay (Zheng et al. 2023; zhan0903/APL0 `off_on_interleave.py`).
+
+    Two buffers over the same rows: the main buffer (offline + every online row, drawn pooled as
+    `uniform` does) and the recent window (the last `recent_size` online rows). Online, once the
+    window holds more than `recent_min` rows, each batch comes whole from the window with
+    probability `recent_prob` and from the main buffer otherwise. Window rows carry
+    `source = SOURCE_IDS["recent"]`, so the agent reads its regulariser weight (W = 0 on recent
+    rows, 1 elsewhere) from the batch. Both candidate batches are gathered and one is kept by a
+    coin drawn on the device: no host sync, at the cost of one extra gather.
+    """
+
+    def recent_len(self) -> int:
+        return min(len(self.sources.online), self.cfg.recent_size)
+
+    def recent_active(self, progress: Progress) -> bool:
+        return progress.online and self.recent_len() > self.cfg.recent_min
+
+    def sample_recent(self, n: int, generator: torch.Generator | None = None) -> Batch:
+        """n rows uniformly from the last `recent_len()` rows the online ring wrote."""
+        online = self.sources.online
+        back = torch.randint(0, self.recent_len(), (n,), device=online.device, generator=generator)
+        batch = online.gather((online.cursor - 1 - back) % online.capacity)
+        batch.source = torch.full_like(batch.source, SOURCE_IDS["recent"])
+        return batch
+
+    def sample_real(self, n: int, progress: Progress, generator: torch.Generator | None = None) -> Batch:
+        if not self.recent_active(progress):
+            return super().sample_real(n, progress, generator)
+        main = super().sample_real(n, progress, generator)
+        recent = self.sample_recent(n, generator)
+        coin = torch.rand((), device=self.sources.online.device, generator=generator) < self.cfg.recent_prob
+        return recent.select(coin.expand(n), main)
+
+
+class BalancedBatchSampler(PriorityBatchSampler):
+    """Off2On's balanced replay (Lee et al. 2021; shlee94/Off2OnRL): the priority sampler whose
+    priorities are density ratios w(s, a) ~ d_online / d_offline from its own estimator
+    (worldmodels/data/density_ratio.py), so `sampler=balanced` works for any agent.
+
+    After every online update the estimator takes one step of its JS loss on `ratio.batch_size`
+    uniform offline rows and as many uniform online rows, and the batch's real rows get the
+    priority w^(1/T) / mean_offline(w^(1/T)), clamped (w from before that step, as in Off2OnRL).
+    Offline rows start at 1 and new online rows at the running maximum, which starts at
+    M f / ((1 - f) N): N online rows then hold the share f of the sampling mass. The estimator
+    lives here rather than in an agent because only the sampler draws uniformly from each store
+    (the agent sees prioritized batches), and it is created and checkpointed with the sampler.
+    An agent's own info["priority"] is replaced.
+    """
+
+    def __init__(self, cfg: SamplerConfig, sources: Sources, real_ratio: float = 1.0):
+        super().__init__(cfg, sources, real_ratio)
+        r, online = cfg.ratio, sources.online
+        self.ratio = DensityRatio(online.obs_dim, online.act_dim, r.hidden, r.lr, online.device)
+        if self.num_offline:
+            self.max_priority.fill_(initial_max_priority(self.num_offline, r.initial_online_share,
+                                                         r.initial_online_rows))
+
+    def after_update(self, batch: Batch, info: dict[str, Tensor]) -> None:
+        info.pop("priority", None)
+        offline, online = self.sources.offline, self.sources.online
+        if offline is None or len(offline) == 0 or len(online) == 0 or batch.source is None:
+            return  # the offline phase: nothing to balance yet
+        n, r = self._real_rows, self.cfg.ratio
+        with torch.no_grad():
+            w = self.ratio(batch.obs[:n], batch.act[:n])  # [n]
+        off = offline.gather(offline.sample_indices(r.batch_size))
+        on = online.gather(online.sample_indices(r.batch_size))
+        w_off, metrics = self.ratio.fit_step(off.obs, off.act, on.obs, on.act)
+        info |= metrics
+        info["replay/online_share"] = (batch.source[:n] == SOURCE_IDS["online"]).float().mean()
+        info["priority"] = balanced_priority(w, w_off, r.temperature, r.priority_min, r.priority_max)
+        super().after_update(batch, info)
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"ratio": self.ratio.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.ratio.load_state_dict(state["ratio"])
+
+
 def make_sampler(cfg: SamplerConfig, sources: Sources, real_ratio: float = 1.0) -> BatchSampler:
     problem = check_sampler_config(cfg)
     if problem:
         raise ValueError(problem)
     cls = PriorityBatchSampler if cfg.kind == "priority" else BatchSampler
+    if cfg.kind == "apl":
+        cls = APLBatchSampler
+    if cfg.kind == "balanced":
+        cls = BalancedBatchSampler
     return cls(cfg, sources, real_ratio)

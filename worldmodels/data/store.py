@@ -18,7 +18,7 @@ from torch import Tensor
 
 CORE_FIELDS = ("obs", "act", "rew", "next_obs", "terminal", "truncated")
 #: where a batch row came from (`Batch.source`); a store is created with one of these
-SOURCE_IDS = {"offline": 0, "online": 1, "model": 2}
+SOURCE_IDS = {"offline": 0, "online": 1, "model": 2, "recent": 3}  # recent: online rows of APL's recent window
 
 
 @dataclass
