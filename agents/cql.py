@@ -49,13 +49,14 @@ class CQLConfig(SACConfig):
 
 
 def cql_penalty(q_ood: Tensor, q_data: Tensor, temperature: float = 1.0, clip_min: float = -math.inf,
-                clip_max: float = math.inf) -> tuple[Tensor, dict]:
+                clip_max: float = math.inf, weight: Tensor | None = None) -> tuple[Tensor, dict]:
     """Per critic: (T logsumexp_m(q_ood / T) - q_data), clipped, averaged over the batch.
 
-    q_ood: [N, B, M] importance-weighted Q values of the OOD set; q_data: [N, B] Q of dataset actions.
-    Returns ([N], info)."""
+    q_ood: [N, B, M] importance-weighted Q values of the OOD set; q_data: [N, B] Q of dataset actions;
+    weight: optional [B] per-row weights applied before the mean (APL's W). Returns ([N], info)."""
     lse = torch.logsumexp(q_ood / temperature, dim=-1) * temperature  # [N, B]
-    diff = (lse - q_data).clamp(clip_min, clip_max).mean(1)  # [N]
+    diff = (lse - q_data).clamp(clip_min, clip_max)  # [N, B]
+    diff = (diff if weight is None else diff * weight).mean(1)  # [N]
     return diff, {"cql/ood_lse": lse.detach().mean(), "cql/diff": diff.detach().mean()}
 
 
@@ -81,6 +82,10 @@ class CQL(SAC):
         next_act, _ = self.actor(rep)
         q = self.critic_target(rep, next_act).min(0).values  # [B*n]
         return q.view(-1, n).max(1).values  # [B]
+
+    def penalty_weight(self, batch: Batch) -> Tensor | None:
+        """Hook for APL: per-row weights [B] of the conservative penalty; None = every row 1."""
+        return None
 
     def floor_policy_q(self, q_pi: Tensor, batch: Batch, progress: Progress) -> tuple[Tensor, dict]:
         """Hook for Cal-QL: q_pi [N, B, 2n] are the Q values of the policy actions (pi(s') then pi(s))."""
@@ -111,7 +116,8 @@ class CQL(SAC):
             target = batch.rew + cfg.gamma * (1.0 - batch.terminal) * self.target_value(batch, next_obs)
         q_data, q_ood, info = self.conservative_q(batch, obs, next_obs, progress)
         td = F.mse_loss(q_data, target.expand_as(q_data), reduction="none").mean(1)  # [N]
-        diff, cql_info = cql_penalty(q_ood, q_data, cfg.temperature, cfg.clip_diff_min, cfg.clip_diff_max)
+        diff, cql_info = cql_penalty(q_ood, q_data, cfg.temperature, cfg.clip_diff_min, cfg.clip_diff_max,
+                                     self.penalty_weight(batch))
         alpha = cfg.alpha_online if progress.online and cfg.alpha_online is not None else cfg.cql_alpha
         if cfg.lagrange:
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)

@@ -162,11 +162,16 @@ class IQL(Agent):
         critic_loss, critic_info = self.critic_loss(batch, obs, target)
         self.step("critic", critic_loss)
         soft_update(self.critic_target, self.critic, self.cfg.tau)
+        actor_info = self.actor_update(batch, obs, advantage, progress)
+        self.num_updates += 1
+        return info | critic_info | actor_info | {"v/mean": (q_data - advantage).detach().mean()}
+
+    def actor_update(self, batch: Batch, obs: Tensor, advantage: Tensor, progress: Progress) -> dict[str, Tensor]:
+        """The policy step, after the value and critic steps (PEX overrides it online)."""
         actor_loss, actor_info = advantage_weighted_loss(self.actor_log_prob(obs, batch.act), advantage,
                                                          self.cfg.beta, self.cfg.max_weight)
         self.step("actor", actor_loss)
-        self.num_updates += 1
-        return info | critic_info | actor_info | {"v/mean": (q_data - advantage).detach().mean()}
+        return actor_info
 
 
 def main() -> None:

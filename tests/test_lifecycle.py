@@ -130,6 +130,8 @@ AGENT_PRESETS = {  # where a paper's own budget differs, the agent's value wins 
     ("redq", "paper"): {"trainer.warmup_steps": 5_000, "trainer.offline_updates": 0},  # redq_sac.py start_steps
     ("mopo", "paper"): {"trainer.offline_updates": 3_000_000},  # OfflineRL-Kit's MOPO
     ("moore", "paper"): {"trainer.offline_updates": 3_000_000},
+    ("apl", "paper"): {"trainer.offline_updates": 100_000, "trainer.online_steps": 100_000},  # APL0
+    ("apl_cql", "paper"): {"trainer.offline_updates": 100_000, "trainer.online_steps": 100_000},
 }
 
 
