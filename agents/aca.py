@@ -125,6 +125,9 @@ class ACA(SAC):
         if cfg.w_decay_updates < 1 or cfg.actor_grad_clip <= 0:
             raise ConfigError(f"agent.w_decay_updates={cfg.w_decay_updates} must be at least 1 and "
                               f"agent.actor_grad_clip={cfg.actor_grad_clip} positive.")
+        if cfg.pessimism_beta:  # the aligned critic's online target has no place for U; refuse, never ignore
+            raise ConfigError(f"agent.pessimism_beta={cfg.pessimism_beta}: ACA's aligned critic does not take the "
+                              "Q-ensemble penalty; leave it at 0.")
         super().__init__(cfg, spec, device)
         self.baseline = ValueEnsemble(spec.obs_dim, cfg.num_critics, cfg.hidden).to(device)  # Z, as many as critics
         self.ref_actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.act_scale, spec.act_bias,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.core.agent import EnvSpec
+from agents.core.config import ConfigError
 from agents.core.networks import adam
 from agents.sac import SAC, SACConfig
 from worldmodels.data.store import Batch
@@ -68,6 +69,8 @@ def bc_actor_loss(log_prob: Tensor, data_log_prob: Tensor, alpha: Tensor) -> tup
 
 class CQL(SAC):
     def __init__(self, cfg: CQLConfig, spec: EnvSpec, device: torch.device):
+        if cfg.pessimism_beta:  # CQL's target below does not read it: refuse rather than ignore
+            raise ConfigError("agent.pessimism_beta: CQL's target has no uncertainty penalty; leave it at 0.")
         super().__init__(cfg, spec, device)
         # log of the uniform density over the action box, subtracted from the uniform set's Q
         self.uniform_log_density = -float((spec.act_high - spec.act_low).log().sum())

@@ -71,10 +71,12 @@ class REDQ(SAC):
 
     # --- losses ------------------------------------------------------------------
     def target_value(self, batch: Batch, next_obs: Tensor) -> Tensor:
-        """min over a random M-subset of the N target critics, minus alpha log pi(a'|s')."""
+        """min over a random M-subset of the N target critics, minus alpha log pi(a'|s') (and SAC's optional
+        pessimism penalty)."""
         next_act, next_log_prob = self.actor(next_obs)
         next_q = self.critic_target(next_obs, next_act)  # [N, B]
-        return min_over_subset(next_q, self.cfg.num_min, self.subset_rng) - self.alpha * next_log_prob
+        value = min_over_subset(next_q, self.cfg.num_min, self.subset_rng) - self.alpha * next_log_prob
+        return self.pessimistic(value, next_q)  # minus beta * std over all N target critics (agent.pessimism_beta)
 
     def actor_loss(self, batch: Batch, obs: Tensor, progress: Progress | None = None) -> tuple[Tensor, dict]:
         act, log_prob = self.actor(obs)

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.core.agent import Agent, EnvSpec
+from agents.core.config import ConfigError
 from agents.core.networks import CriticEnsemble, ObsNormalizer, TanhGaussianActor, adam, soft_update
 from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
+from worldmodels.uncertainty import QEnsembleStd
 
 
 @dataclass
@@ -32,10 +34,17 @@ class SACConfig:
     auto_alpha: bool = True  # Haarnoja et al. 2018: tune alpha to a target entropy
     target_entropy: float | None = None  # None = -act_dim (Haarnoja et al. 2018)
     normalize_obs: bool = False
+    # UPQ-style pessimism on any critic ensemble: the target's value minus beta * std over the N target
+    # critics at (s', a'). 0 = off (Haarnoja et al. 2018 has none); the seed table's UPQ presets are 0.1,
+    # 0.01 and 0.001 (../shared/REFERENCES-O2O.md section 10)
+    pessimism_beta: float = 0.0
 
 
 class SAC(Agent):
     def __init__(self, cfg: SACConfig, spec: EnvSpec, device: torch.device):
+        if cfg.pessimism_beta < 0 or (cfg.pessimism_beta and cfg.num_critics < 2):
+            raise ConfigError(f"agent.pessimism_beta={cfg.pessimism_beta} needs beta >= 0 and, when positive, "
+                              f"agent.num_critics >= 2 (got {cfg.num_critics}): U is the std over the critics.")
         super().__init__(cfg, spec, device)
         self.normalizer = ObsNormalizer(spec.obs_dim)
         self.actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.act_scale, spec.act_bias, cfg.hidden)
@@ -45,6 +54,7 @@ class SAC(Agent):
         self.critic_target.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha)).log())
         self.target_entropy = -float(spec.act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.q_uncertainty = QEnsembleStd(self.critic_target)  # U(s, a) of agent.pessimism_beta
         self.to(device)
         self.optimizers = {
             "actor": adam(self.actor.parameters(), cfg.actor_lr),
@@ -65,7 +75,14 @@ class SAC(Agent):
         """Soft value of s' for the Bellman target: min_i Q'_i(s', a') - alpha log pi(a'|s')."""
         next_act, next_log_prob = self.actor(next_obs)
         next_q = self.critic_target(next_obs, next_act)  # [N, B]
-        return next_q.min(0).values - self.alpha * next_log_prob
+        return self.pessimistic(next_q.min(0).values - self.alpha * next_log_prob, next_q)
+
+    def pessimistic(self, value: Tensor, next_q: Tensor) -> Tensor:
+        """value - beta U(s', a') with U the std over the target critics' next_q [N, B] (agent.pessimism_beta,
+        UPQ's penalty); beta 0 returns `value` itself, so the update is exactly the unpenalized one."""
+        if not self.cfg.pessimism_beta:
+            return value
+        return value - self.cfg.pessimism_beta * self.q_uncertainty.from_prediction(next_q)
 
     def critic_loss(self, batch: Batch, obs: Tensor, next_obs: Tensor,
                     progress: Progress | None = None) -> tuple[Tensor, dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_same_state
@@ -22,6 +23,7 @@ from agents.aca import (
     soft_clip,
 )
 from agents.core.agent import EnvSpec
+from agents.core.config import ConfigError
 from agents.core.networks import TanhGaussianActor
 from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
@@ -178,3 +180,9 @@ def test_w_schedule_endpoints():
     agent = make_agent()  # the agent counts online updates only
     assert agent.weight(Progress("online", 500, 20_000, 500 + 20_000, 500, 10)) == 0.5
     assert agent.weight(Progress("online", 500, 1, 500 + 4_000, 500, 10)) == 0.9
+
+
+def test_pessimism_penalty_is_refused_not_ignored():
+    spec = EnvSpec(3, 2, -torch.ones(2), torch.ones(2))
+    with pytest.raises(ConfigError, match="pessimism_beta"):
+        ACA(ACAConfig(hidden=[8, 8], pessimism_beta=0.01), spec, torch.device("cpu"))
