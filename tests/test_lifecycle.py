@@ -57,6 +57,8 @@ def tiny_overrides(name: str, dataset_id: str) -> list[str]:
            "trainer.checkpoint_every=20", "trainer.eval_every=40", "trainer.eval_episodes=1",
            "trainer.log_every=10", "trainer.batch_size=64", "trainer.warmup_steps=10", "trainer.progress=false",
            "agent.hidden=[32,32]", "device=cpu"]
+    if cfg.trainer.updates_per_step > 3:  # REDQ 20, APL and AdaptiveBC 10: 3 still crosses every UTD path
+        out += ["trainer.updates_per_step=3"]
     if cfg.world_model.kind != "none":
         out += ["world_model.hidden=[32,32]", "world_model.fit_max_epochs=2", "rollout.num_starts=32",
                 "rollout.every=10", "rollout.keep_rounds=2"]
