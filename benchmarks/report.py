@@ -379,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: not a directory: {', '.join(missing)}", file=sys.stderr)
         return 2
+    for key in ("reps", "seed"):
+        if key in opts and not opts[key].isdigit():
+            print(f"error: {key}={opts[key]}: give a non-negative integer", file=sys.stderr)
+            return 2
     try:
         path = make_report(dirs, Path(opts["out"]), int(opts.get("reps", 2000)), int(opts.get("seed", 0)))
     except ValueError as err:

@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(sys.argv[1:] if argv is None else argv)
         if "out" not in args:
             raise ValueError("give out=DIR (the runs go to DIR/runs/, the report to DIR/report.md)")
+        if not str(args.get("reps", "2000")).isdigit():
+            raise ValueError(f"reps={args['reps']}: give a non-negative integer (bootstrap resamples)")
         suite = load_suite(args)
         report, failed = run_suite(suite, Path(args["out"]), int(args.get("reps", 2000)))
     except (ValueError, RuntimeError) as err:

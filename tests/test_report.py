@@ -166,3 +166,11 @@ def test_report_cli_refuses_what_it_cannot_use(tmp_path, capsys):
     assert "no finished run" in capsys.readouterr().err
     assert R.main([str(tmp_path)]) == 2  # no out=
     assert R.main([str(tmp_path / "missing"), f"out={tmp_path / 'o'}"]) == 2
+
+
+def test_cli_refuses_a_non_integer_option_in_one_line(runs_dir, tmp_path, capsys):
+    for key in ("reps", "seed"):
+        assert R.main([str(runs_dir), f"out={tmp_path / 'r'}", f"{key}=abc"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: {key}=abc: give a non-negative integer"]
+    assert not (tmp_path / "r").exists()
