@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents.core.config import ConfigError
-from agents.core.networks import CriticEnsemble, adam, mean_over_critics, min_over_subset
+from agents.core.networks import CriticEnsemble, adam, mean_over_critics, subset_min_target
 from agents.td3 import TD3, TD3Config
 from worldmodels.data.store import Batch
 from worldmodels.progress import EpisodeEnd, Progress
@@ -91,20 +91,17 @@ class AdaptiveBC(TD3):
         self.critic_target = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden).to(device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.optimizers["critic"] = adam(self.critic.parameters(), cfg.critic_lr)
-        # subset draws on their own checkpointed stream, seeded from the run's seed (as agents/redq.py)
-        self.subset_rng = torch.Generator(device=device)
-        self.subset_rng.manual_seed(torch.initial_seed() + 1)
+        self.subset_rng = self.new_generator("subset")  # the subset draws' own checkpointed stream (as REDQ)
         # the controller: plain python state, checkpointed through extra_state
         self.bc_alpha = cfg.alpha  # the actor's BC weight now
         self.r_avg: float | None = None  # EMA of normalized returns (None until the switch / a first episode)
         self.controller_started = False
 
     def extra_state(self) -> dict:
-        return {"subset_rng": self.subset_rng.get_state(), "bc_alpha": self.bc_alpha, "r_avg": self.r_avg,
+        return {"bc_alpha": self.bc_alpha, "r_avg": self.r_avg,
                 "controller_started": self.controller_started}
 
     def load_extra_state(self, state: dict) -> None:
-        self.subset_rng.set_state(state["subset_rng"].cpu())
         self.bc_alpha, self.r_avg = state["bc_alpha"], state["r_avg"]
         self.controller_started = state["controller_started"]
 
@@ -126,8 +123,9 @@ class AdaptiveBC(TD3):
         self.bc_alpha, self.r_avg = pd_alpha(self.bc_alpha, self.r_avg, r, episode.length, self.cfg)
 
     # --- losses ------------------------------------------------------------------
-    def target_min(self, next_q: Tensor) -> Tensor:
-        return min_over_subset(next_q, self.cfg.num_min, self.subset_rng)  # [N, B] -> [B]
+    def target_q(self, next_obs: Tensor, next_act: Tensor) -> Tensor:
+        """min over a random 2 of the 10 target critics, [B]; only the 2 drawn run."""
+        return subset_min_target(self.critic_target, next_obs, next_act, self.cfg.num_min, self.subset_rng)[0]
 
     def actor_loss(self, batch: Batch, obs: Tensor) -> tuple[Tensor, dict]:
         policy_act = self.actor(obs)

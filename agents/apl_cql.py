@@ -23,7 +23,7 @@ from torch import Tensor
 from agents.apl import regulariser_weight
 from agents.core.agent import EnvSpec
 from agents.core.config import ConfigError
-from agents.core.networks import mean_over_critics, min_over_subset
+from agents.core.networks import mean_over_critics, subset_min_target
 from agents.cql import CQL, CQLConfig
 from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
@@ -53,15 +53,7 @@ class APLCQL(CQL):
         if not 1 <= cfg.num_min <= cfg.num_critics:
             raise ConfigError(f"agent.num_min={cfg.num_min} must lie in [1, agent.num_critics={cfg.num_critics}].")
         super().__init__(cfg, spec, device)
-        # the subset draws have their own checkpointed stream (as agents/redq.py)
-        self.subset_rng = torch.Generator(device=device)
-        self.subset_rng.manual_seed(torch.initial_seed() + 1)
-
-    def extra_state(self) -> dict:
-        return {"subset_rng": self.subset_rng.get_state()}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.subset_rng.set_state(state["subset_rng"].cpu())
+        self.subset_rng = self.new_generator("subset")  # the subset draws' own checkpointed stream
 
     def penalty_weight(self, batch: Batch) -> Tensor:
         return regulariser_weight(batch)  # W: 0 on recent-window rows, 1 elsewhere
@@ -69,9 +61,9 @@ class APLCQL(CQL):
     def target_value(self, batch: Batch, next_obs: Tensor) -> Tensor:
         """min over a random M-subset of the N target critics at a' ~ pi(s') (max over n a' with max backup)."""
         n = self.cfg.n_actions if self.cfg.max_target_backup else 1
-        rep = next_obs.repeat_interleave(n, 0)  # [B*n, obs]
-        next_act, _ = self.actor(rep)
-        q = min_over_subset(self.critic_target(rep, next_act), self.cfg.num_min, self.subset_rng)  # [B*n]
+        next_act, _ = self.actor(next_obs, samples=n)  # [B*n, A], state-major
+        q, _ = subset_min_target(self.critic_target, next_obs.repeat_interleave(n, 0), next_act, self.cfg.num_min,
+                                 self.subset_rng)  # [B*n]: only the M drawn critics run
         return q.view(-1, n).max(1).values  # [B]
 
     def actor_loss(self, batch: Batch, obs: Tensor, progress: Progress | None = None) -> tuple[Tensor, dict]:

@@ -81,9 +81,8 @@ class CQL(SAC):
     def target_value(self, batch: Batch, next_obs: Tensor) -> Tensor:
         """min_j Q'_j(s', a'), a' ~ pi(s'), no entropy term; with max_target_backup the max over n a'."""
         n = self.cfg.n_actions if self.cfg.max_target_backup else 1
-        rep = next_obs.repeat_interleave(n, 0)  # [B*n, obs]
-        next_act, _ = self.actor(rep)
-        q = self.critic_target(rep, next_act).min(0).values  # [B*n]
+        next_act, _ = self.actor(next_obs, samples=n)  # [B*n, A], state-major
+        q = self.critic_target(next_obs.repeat_interleave(n, 0), next_act).min(0).values  # [B*n]
         return q.view(-1, n).max(1).values  # [B]
 
     def penalty_weight(self, batch: Batch) -> Tensor | None:
@@ -100,7 +99,7 @@ class CQL(SAC):
         b, n, a = obs.shape[0], self.cfg.n_actions, self.spec.act_dim
         with torch.no_grad():
             unif = self.random_action(b * n).view(b, n, a)
-            pi_act, pi_log_prob = self.actor(torch.cat([next_obs, obs]).repeat_interleave(n, 0))  # [2*B*n, ...]
+            pi_act, pi_log_prob = self.actor(torch.cat([next_obs, obs]), samples=n)  # [2*B*n, ...], state-major
             pi_act = pi_act.view(2, b, n, a).transpose(0, 1).reshape(b, 2 * n, a)  # [B, 2n, A]: pi(s'), pi(s)
             pi_log_prob = pi_log_prob.view(2, b, n).transpose(0, 1).reshape(b, 2 * n)  # [B, 2n]
         acts = torch.cat([batch.act.unsqueeze(1), unif, pi_act], 1)  # [B, 1 + 3n, A]

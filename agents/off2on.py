@@ -125,9 +125,8 @@ class Off2On(Agent):
             next_q = self.member_q(self.critic_target, next_obs, next_act).min(1).values  # [E, B]
             return next_q - self.alpha(progress) * next_log_prob
         n = self.cfg.n_actions if self.cfg.max_target_backup else 1
-        rep = next_obs.repeat_interleave(n, 0)  # [B*n, obs]
-        next_act, _ = self.actor(rep)  # [E, B*n, A]
-        next_q = self.member_q(self.critic_target, rep, next_act).min(1).values  # [E, B*n]
+        next_act, _ = self.actor(next_obs, samples=n)  # [E, B*n, A], state-major
+        next_q = self.member_q(self.critic_target, next_obs.repeat_interleave(n, 0), next_act).min(1).values
         return next_q.view(e, -1, n).max(2).values  # [E, B]
 
     def conservative_q(self, batch: Batch, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,7 +136,7 @@ class Off2On(Agent):
         low, high = self.spec.act_low.to(self.device), self.spec.act_high.to(self.device)
         with torch.no_grad():
             unif = (low + torch.rand((e, b * n, a), device=self.device) * (high - low)).view(e, b, n, a)
-            pi_act, pi_log_prob = self.actor(torch.cat([next_obs, obs]).repeat_interleave(n, 0))  # [E, 2Bn, ...]
+            pi_act, pi_log_prob = self.actor(torch.cat([next_obs, obs]), samples=n)  # [E, 2Bn, ...]
             pi_act = pi_act.view(e, 2, b, n, a).transpose(1, 2).reshape(e, b, 2 * n, a)  # pi(s'), pi(s)
             pi_log_prob = pi_log_prob.view(e, 2, b, n).transpose(1, 2).reshape(e, 1, b, 2 * n)  # both twins
         acts = torch.cat([batch.act.expand(e, b, a).unsqueeze(2), unif, pi_act], 2)  # [E, B, 1 + 3n, A]

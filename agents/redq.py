@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from agents.core.config import ConfigError
-from agents.core.networks import mean_over_critics, min_over_subset
+from agents.core.networks import mean_over_critics, subset_min_target
 from agents.sac import SAC, SACConfig
 from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
@@ -58,25 +58,17 @@ class REDQ(SAC):
         if cfg.policy_update_every < 1:
             raise ConfigError(f"agent.policy_update_every={cfg.policy_update_every} must be at least 1.")
         super().__init__(cfg, spec, device)
-        # The subset draws have their own stream (seeded from the run's seed without consuming the
-        # global one), so they never shift the actor's sampling noise; its state is checkpointed.
-        self.subset_rng = torch.Generator(device=device)
-        self.subset_rng.manual_seed(torch.initial_seed() + 1)
-
-    def extra_state(self) -> dict:
-        return {"subset_rng": self.subset_rng.get_state()}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.subset_rng.set_state(state["subset_rng"].cpu())
+        # the subset draws have their own checkpointed stream, so they never shift the actor's noise
+        self.subset_rng = self.new_generator("subset")
 
     # --- losses ------------------------------------------------------------------
     def target_value(self, batch: Batch, next_obs: Tensor) -> Tensor:
         """min over a random M-subset of the N target critics, minus alpha log pi(a'|s') (and SAC's optional
-        pessimism penalty)."""
+        pessimism penalty). Only the M drawn critics run, unless the penalty needs the std over all N."""
         next_act, next_log_prob = self.actor(next_obs)
-        next_q = self.critic_target(next_obs, next_act)  # [N, B]
-        value = min_over_subset(next_q, self.cfg.num_min, self.subset_rng) - self.alpha * next_log_prob
-        return self.pessimistic(value, next_q)  # minus beta * std over all N target critics (agent.pessimism_beta)
+        q_min, next_q = subset_min_target(self.critic_target, next_obs, next_act, self.cfg.num_min, self.subset_rng,
+                                          all_critics=bool(self.cfg.pessimism_beta))  # [B], [M or N, B]
+        return self.pessimistic(q_min - self.alpha * next_log_prob, next_q)  # minus beta * std over the N critics
 
     def actor_loss(self, batch: Batch, obs: Tensor, progress: Progress | None = None) -> tuple[Tensor, dict]:
         act, log_prob = self.actor(obs)

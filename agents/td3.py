@@ -71,12 +71,12 @@ class TD3(Agent):
                 -self.cfg.noise_clip * scale, self.cfg.noise_clip * scale
             )
             next_act = self.clip_action(self.actor_target(next_obs) + noise)
-            next_q = self.target_min(self.critic_target(next_obs, next_act))  # [N, B] -> [B]
+            next_q = self.target_q(next_obs, next_act)  # [B]
             return batch.rew + self.cfg.gamma * (1.0 - batch.terminal) * next_q
 
-    def target_min(self, next_q: Tensor) -> Tensor:
-        """Clipped double Q: the min over the target critics, [N, B] -> [B] (AdaptiveBC: over a random 2)."""
-        return next_q.min(0).values
+    def target_q(self, next_obs: Tensor, next_act: Tensor) -> Tensor:
+        """Clipped double Q: the min over the target critics, [B] (AdaptiveBC: over a random 2 of 10)."""
+        return self.critic_target(next_obs, next_act).min(0).values  # [N, B] -> [B]
 
     def critic_loss(self, batch: Batch, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, dict]:
         target = self.td_target(batch, next_obs)  # [B]

@@ -7,7 +7,8 @@ d3rlpy pins an old gym, so run it in its own environment:
     uv venv /tmp/d3venv -p 3.11 && VIRTUAL_ENV=/tmp/d3venv uv pip install d3rlpy==2.8.1 torch
     /tmp/d3venv/bin/python benchmarks/d3rlpy_throughput.py --agent td3bc --steps 2000
 
-Prints one JSON line.
+Prints one JSON line; `--flops` adds the floating-point operations of one update, counted as
+benchmarks/throughput.py --flops counts ours (torch.utils.flop_counter over 20 steps of `fit`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--agent", choices=["td3bc", "td3", "sac", "cql", "calql", "iql", "awac"], required=True)
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--flops", action="store_true", help="add FLOPs per update")
     args = parser.parse_args()
     config = {
         "td3bc": d3rlpy.algos.TD3PlusBCConfig,
@@ -60,8 +62,17 @@ def main() -> None:
     start = time.perf_counter()
     algo.fit(dataset, n_steps=args.steps, n_steps_per_epoch=args.steps, **kwargs)
     elapsed = time.perf_counter() - start
+    arithmetic = {}
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            algo.fit(dataset, n_steps=20, n_steps_per_epoch=20, **kwargs)
+        gflop = counter.get_total_flops() / 20 / 1e9
+        arithmetic = {"gflop_per_update": round(gflop, 3), "achieved_gflops": round(gflop * args.steps / elapsed, 1)}
     print(json.dumps({"library": f"d3rlpy {d3rlpy.__version__}", "agent": args.agent,
-                      "updates_per_second": round(args.steps / elapsed, 1), "threads": torch.get_num_threads()}))
+                      "updates_per_second": round(args.steps / elapsed, 1), **arithmetic,
+                      "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

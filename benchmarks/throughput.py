@@ -10,6 +10,12 @@ their figure is updates per second with the rollout cost amortized in; the ensem
 for one epoch first (fitting is benchmarked by benchmarks/model.py).
 
 Prints one JSON line. The warm-up updates (first 10% of the time) are not counted.
+
+`--flops` adds the arithmetic: the floating-point operations of one update (counted by
+torch.utils.flop_counter over 20 updates: matmuls, the work that grows with the nets), the rate
+they ran at, and this machine's rate on a plain 256-wide matmul at the same thread count, so a
+figure can be read against what the hardware does at all (benchmarks/d3rlpy_throughput.py
+--flops counts d3rlpy's update the same way).
 """
 
 from __future__ import annotations
@@ -44,8 +50,34 @@ def synthetic_store(n: int, obs_dim: int, act_dim: int, device: torch.device) ->
     )
 
 
+def matmul_gflops(device: torch.device, seconds: float = 2.0, rows: int = 8192, width: int = 256) -> float:
+    """The machine's rate on [rows, width] @ [width, width] in float32: the size of the layers a
+    CQL update runs, so the ceiling an update made of such matmuls can approach."""
+    x, w = torch.randn(rows, width, device=device), torch.randn(width, width, device=device)
+    for _ in range(10):
+        x @ w  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            x @ w
+        n += 10
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return 2 * rows * width * width * n / (time.perf_counter() - start) / 1e9
+
+
+def count_update_flops(agent, sampler, progress: Progress, batch_size: int, updates: int = 20) -> float:
+    """Mean floating-point operations of one `agent.update` (what FlopCounterMode counts: matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        for _ in range(updates):
+            agent.update(sampler.sample(batch_size, progress), progress)
+    return counter.get_total_flops() / updates
+
+
 def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256,
-            critics: int | None = None, hidden: list[int] | None = None) -> dict:
+            critics: int | None = None, hidden: list[int] | None = None, flops: bool = False) -> dict:
     agent_cls, config_cls = AGENTS[agent_name]
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     torch.manual_seed(0)
@@ -92,7 +124,12 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
     start = time.perf_counter()
     n = run_for(seconds)
     elapsed = time.perf_counter() - start
-    return {"agent": agent_name, "updates_per_second": round(n / elapsed, 1), "updates": n,
+    arithmetic = {}
+    if flops:
+        gflop = count_update_flops(agent, sampler, progress, batch_size) / 1e9
+        arithmetic = {"gflop_per_update": round(gflop, 3), "achieved_gflops": round(gflop * n / elapsed, 1),
+                      "matmul_gflops": round(matmul_gflops(device), 1)}
+    return {"agent": agent_name, "updates_per_second": round(n / elapsed, 1), "updates": n, **arithmetic,
             "seconds": round(elapsed, 2), "batch_size": batch_size,
             "hidden": list(getattr(cfg, "hidden", [256, 256])),  # the agent's default (CQL: CORL's 3x256)
             "critics": getattr(cfg, "num_critics", None),
@@ -106,12 +143,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--critics", type=int, default=None, help="override the agent's num_critics")
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="override the agent's hidden sizes")
+    parser.add_argument("--flops", action="store_true", help="add FLOPs per update and the machine's matmul rate")
     args = parser.parse_args()
     try:
         device = resolve_device(args.device)
     except ConfigError as err:
         parser.error(str(err))  # one line, exit status 2
-    print(json.dumps(measure(args.agent, args.seconds, device, critics=args.critics, hidden=args.hidden)))
+    print(json.dumps(measure(args.agent, args.seconds, device, critics=args.critics, hidden=args.hidden,
+                             flops=args.flops)))
 
 
 if __name__ == "__main__":

@@ -248,3 +248,31 @@ def pytest_collection_modifyitems(session, config, items):
     # tests that wait on the background CLI runs go last (stable sort keeps the rest in order)
     last = {"test_trainer.py": 1, "test_agents_e2e.py": 2, "test_hostile.py": 3}
     items.sort(key=lambda item: last.get(item.path.name, 0))
+
+
+# --- stand-ins for critics and actors in hand-checked targets (REDQ, UPQ) ----------------------------
+class FixedCritics(torch.nn.Module):
+    """Critic i answers values[i] for every (s, a): [N, B]; with `members` only those critics: [M, B]."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.register_buffer("values", torch.tensor(values))
+        self.num_critics = len(values)
+
+    def forward(self, obs, act, members=None):
+        values = self.values if members is None else self.values.index_select(0, members)
+        return values[:, None].expand(-1, obs.shape[0])
+
+
+class FixedActor(torch.nn.Module):
+    """a' = 0 and log pi(a'|s') = -2, as a single actor and as Off2On's mixture."""
+
+    def __init__(self, act_dim: int):
+        super().__init__()
+        self.act_dim = act_dim
+
+    def forward(self, obs, deterministic=False):
+        return torch.zeros(obs.shape[0], self.act_dim), torch.full((obs.shape[0],), -2.0)
+
+    mixture = forward
+

@@ -63,7 +63,8 @@ def test_cql_penalty_gradient_pushes_ood_down_and_data_up():
 class KnownActor(nn.Module):
     """a(s) = 1 + |s[:2]| (outside the box, so the critic below can tell it from uniform actions), log pi = s[2]."""
 
-    def forward(self, obs, deterministic=False):
+    def forward(self, obs, deterministic=False, samples=1):
+        obs = obs.repeat_interleave(samples, 0)  # n draws per state, state-major (all equal here)
         return 1.0 + obs[:, :2].abs(), obs[:, 2].clone()
 
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_same_state
+from conftest import FixedCritics, assert_same_state
 from test_lifecycle import compose_config
 
 from agents.adaptive_bc import AdaptiveBC, AdaptiveBCConfig
@@ -148,8 +148,7 @@ def test_adaptive_bc_actor_uses_the_controller_weight():
 def test_adaptive_bc_target_reads_a_random_two_of_ten():
     agent = AdaptiveBC(AdaptiveBCConfig(hidden=[16, 16]), SPEC, CPU)
     assert agent.critic.num_critics == agent.critic_target.num_critics == 10
-    values = torch.tensor([3.0, 7.0, 1.0, 9.0, 4.0, 0.0, 8.0, 2.0, 6.0, 5.0])  # member i's Q everywhere
-    agent.critic_target.forward = lambda obs, act: values[:, None].expand(10, obs.shape[0])
+    agent.critic_target = FixedCritics([3.0, 7.0, 1.0, 9.0, 4.0, 0.0, 8.0, 2.0, 6.0, 5.0])  # member i's Q everywhere
     batch = make_batch(4)
     batch.rew.zero_()
     batch.terminal.zero_()

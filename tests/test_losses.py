@@ -249,6 +249,24 @@ def test_tanh_gaussian_log_prob_consistency():
     assert torch.allclose(actor.log_prob(obs, det_act), det_log_prob, atol=1e-4)
 
 
+def test_several_samples_per_state_equal_sampling_repeated_states():
+    """actor(obs, samples=n) runs the trunk once per state: it must give what the repeated batch gives
+    (state-major rows, the same noise draws), for the single and the ensemble actor."""
+    from agents.core.networks import EnsembleTanhGaussianActor
+
+    obs = torch.randn(7, 4)
+    for actor in (TanhGaussianActor(4, 3, SPEC.act_scale, SPEC.act_bias, hidden=[16, 16]),
+                  EnsembleTanhGaussianActor(4, 3, SPEC.act_scale, SPEC.act_bias, hidden=[16, 16], ensemble_size=3)):
+        torch.manual_seed(1)
+        act, log_prob = actor(obs, samples=5)
+        torch.manual_seed(1)
+        act_rep, log_prob_rep = actor(obs.repeat_interleave(5, 0))
+        torch.testing.assert_close(act, act_rep, rtol=0, atol=1e-6)
+        torch.testing.assert_close(log_prob, log_prob_rep, rtol=0, atol=1e-5)
+        # five different draws per state, not one draw repeated
+        assert act.view(-1, 7, 5, 3).std(2).min() > 0
+
+
 def test_actions_stay_within_asymmetric_bounds():
     torch.manual_seed(0)
     obs = torch.cat([torch.randn(200, 4), 1e3 * torch.randn(200, 4)])  # large inputs saturate tanh

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_agent
-from torch import nn
+from conftest import FixedActor, FixedCritics, run_agent
 
 from agents.core.agent import EnvSpec
 from agents.core.config import TrainerConfig
-from agents.core.networks import mean_over_critics, min_over_subset
+from agents.core.networks import CriticEnsemble, mean_over_critics, subset_min_target
 from agents.core.trainer import Trainer
 from agents.redq import REDQ, REDQConfig
 from agents.sac import SAC, SACConfig
@@ -24,45 +23,51 @@ CPU = torch.device("cpu")
 
 
 # --- the reductions ----------------------------------------------------------------------------
-def test_min_over_subset_full_single_and_coverage():
-    q = torch.randn(6, 32, generator=torch.Generator().manual_seed(0))  # [N, B]
+def test_subset_min_target_full_single_and_coverage():
+    torch.manual_seed(0)
+    critic = CriticEnsemble(OBS, ACT, 6, [8])
+    obs, act = torch.randn(32, OBS), torch.randn(32, ACT)
+    q = critic(obs, act)  # [N, B]
     g = torch.Generator().manual_seed(1)
-    assert torch.equal(min_over_subset(q, 6, g), q.min(0).values)
+    assert torch.equal(subset_min_target(critic, obs, act, 6, g)[0], q.min(0).values)
     used = set()
     for _ in range(200):
-        one = min_over_subset(q, 1, g)  # [B]: exactly one critic's row
+        one, q_one = subset_min_target(critic, obs, act, 1, g)  # [B]: exactly one critic's row
+        assert q_one.shape == (1, 32)
         rows = [i for i in range(6) if torch.equal(one, q[i])]
         assert len(rows) == 1
         used.add(rows[0])
-        two = min_over_subset(q, 2, g)  # the min of some pair, the same pair for the whole batch
+        two, _ = subset_min_target(critic, obs, act, 2, g)  # the min of some pair, the same pair for the whole batch
         assert any(torch.equal(two, torch.minimum(q[i], q[j])) for i in range(6) for j in range(i + 1, 6))
     assert used == set(range(6))
+    # all_critics: the same draw's min, beside all N rows (what the std penalty reads)
+    a, _ = subset_min_target(critic, obs, act, 2, torch.Generator().manual_seed(5))
+    b, q_all = subset_min_target(critic, obs, act, 2, torch.Generator().manual_seed(5), all_critics=True)
+    assert torch.equal(a, b) and torch.equal(q_all, q)
     assert torch.equal(mean_over_critics(q), q.mean(0))
     with pytest.raises(ValueError):
-        min_over_subset(q, 7)
+        subset_min_target(critic, obs, act, 7, g)
+
+
+def test_the_target_runs_exactly_m_of_the_n_critics():
+    """REDQ's target reads M members: its critic FLOPs are M/N of a full ensemble's call."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    critic = CriticEnsemble(OBS, ACT, 10, [16, 16])
+    obs, act = torch.randn(8, OBS), torch.randn(8, ACT)
+    with FlopCounterMode(display=False) as full:
+        critic(obs, act)
+    with FlopCounterMode(display=False) as two:
+        subset_min_target(critic, obs, act, 2, torch.Generator().manual_seed(0))
+    assert full.get_total_flops() > 0
+    assert two.get_total_flops() * 5 == full.get_total_flops()
 
 
 # --- the critic target by hand -------------------------------------------------------------------
-class FixedCritics(nn.Module):
-    """Critic i answers values[i] for every (s, a): [N, B]."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.register_buffer("values", torch.tensor(values))
-
-    def forward(self, obs, act):
-        return self.values[:, None].expand(-1, obs.shape[0])
-
-
-class FixedActor(nn.Module):
-    def forward(self, obs, deterministic=False):
-        return torch.zeros(obs.shape[0], ACT), torch.full((obs.shape[0],), -2.0)  # log pi = -2
-
-
 def test_critic_target_is_min_over_the_drawn_subset_minus_entropy():
     values = [5.0, 1.0, 7.0, 3.0, 9.0]
     agent = REDQ(REDQConfig(hidden=[8], num_critics=5, num_min=2, init_alpha=0.5), SPEC, CPU)
-    agent.critic_target, agent.actor = FixedCritics(values), FixedActor()
+    agent.critic_target, agent.actor = FixedCritics(values), FixedActor(ACT)
     batch = Batch(obs=torch.zeros(4, OBS), act=torch.zeros(4, ACT), rew=torch.tensor([1.0, 2.0, 0.0, -1.0]),
                   next_obs=torch.zeros(4, OBS), terminal=torch.tensor([0.0, 0.0, 1.0, 0.0]), truncated=torch.zeros(4))
     agent.subset_rng.manual_seed(7)

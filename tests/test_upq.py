@@ -9,11 +9,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from conftest import FixedActor, FixedCritics
 
 from agents.core.agent import EnvSpec
 from agents.core.config import ConfigError
-from agents.core.networks import min_over_subset
+from agents.core.networks import random_subset
 from agents.cql import CQL, CQLConfig
 from agents.off2on import Off2On, Off2OnConfig
 from agents.redq import REDQ, REDQConfig
@@ -92,32 +92,12 @@ def test_upq_penalizes_online_only():
     assert online_upq["loss/td"] != online_off2on["loss/td"]
 
 
-class FixedCritics(nn.Module):
-    """Critic i answers values[i] for every (s, a): [N, B]."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.register_buffer("values", torch.tensor(values))
-
-    def forward(self, obs, act):
-        return self.values[:, None].expand(-1, obs.shape[0])
-
-
-class FixedActor(nn.Module):
-    """a' = 0 and log pi(a'|s') = -2, as a single actor and as Off2On's mixture."""
-
-    def forward(self, obs, deterministic=False):
-        return torch.zeros(obs.shape[0], 2), torch.full((obs.shape[0],), -2.0)
-
-    mixture = forward
-
-
 def test_upq_target_on_a_hand_case():
     """E = 2 members, critics [1, 3 | 2, 6]: member mins [1, 2]; std over the four = sqrt(14 / 3)
     (mean 3, squares 4 + 0 + 1 + 9 over n - 1 = 3); online alpha 1, log pi -2, beta 0.1."""
     torch.manual_seed(0)
     upq = UPQ(UPQConfig(hidden=[8], ensemble_size=2, pessimism_beta=0.1), SPEC, CPU)
-    upq.critic_target, upq.actor = FixedCritics([1.0, 3.0, 2.0, 6.0]), FixedActor()
+    upq.critic_target, upq.actor = FixedCritics([1.0, 3.0, 2.0, 6.0]), FixedActor(2)
     batch = batch_of(4)
     value = upq.target_value(batch, batch.next_obs, ONLINE)  # [E, B]
     expected = torch.tensor([1.0, 2.0])[:, None] + 2.0 - 0.1 * math.sqrt(14 / 3)
@@ -150,8 +130,9 @@ class OldSAC(SAC):
 class OldREDQ(REDQ):
     def target_value(self, batch, next_obs):
         next_act, next_log_prob = self.actor(next_obs)
-        next_q = self.critic_target(next_obs, next_act)
-        return min_over_subset(next_q, self.cfg.num_min, self.subset_rng) - self.alpha * next_log_prob
+        next_q = self.critic_target(next_obs, next_act)  # all N run; the new target runs only the M drawn
+        subset = random_subset(self.cfg.num_critics, self.cfg.num_min, self.subset_rng)
+        return next_q.index_select(0, subset).min(0).values - self.alpha * next_log_prob
 
 
 @pytest.mark.parametrize("cls, old, cfg_cls", [(SAC, OldSAC, SACConfig), (REDQ, OldREDQ, REDQConfig)])
@@ -172,7 +153,7 @@ def test_redq_with_10_critics_lowers_its_target_by_beta_std():
     beta = 0.05
     plain, penalized = pair(REDQ, REDQConfig(hidden=[8]), REDQ, REDQConfig(hidden=[8], pessimism_beta=beta))
     for agent in (plain, penalized):
-        agent.critic_target, agent.actor = FixedCritics(values), FixedActor()
+        agent.critic_target, agent.actor = FixedCritics(values), FixedActor(2)
     batch = batch_of(6)
     state = plain.subset_rng.get_state()
     assert torch.equal(state, penalized.subset_rng.get_state())
@@ -182,7 +163,7 @@ def test_redq_with_10_critics_lowers_its_target_by_beta_std():
     penalized.subset_rng.set_state(state)
     g = torch.Generator()
     g.set_state(state)
-    expected = min_over_subset(torch.tensor(values)[:, None].expand(10, 6), 2, g) + 2.0 - beta * math.sqrt(82.5 / 9)
+    expected = torch.tensor(values)[random_subset(10, 2, g)].min() + 2.0 - beta * math.sqrt(82.5 / 9)
     assert torch.allclose(penalized.target_value(batch, batch.next_obs), expected)
 
 

@@ -49,9 +49,11 @@ class EnsembleLinear(nn.Module):
             nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
             self.bias.zero_()
 
-    def forward(self, x: Tensor) -> Tensor:
-        # [E, B, out] = [E, 1, out] + [E, B, in] @ [E, in, out]
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        """x [E, B, in] -> [E, B, out]; with `members` [M] (indices) only those: x [M, B, in] -> [M, B, out]."""
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)  # [E, 1, out] + [E, B, in] @ [E, in, out]
+        return torch.baddbmm(self.bias.index_select(0, members), x, self.weight.index_select(0, members))
 
     def weight_decay_loss(self) -> Tensor:
         return 0.5 * self.weight_decay * self.weight.square().sum()

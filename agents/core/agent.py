@@ -51,6 +51,7 @@ class Agent(nn.Module):
         self.cfg, self.spec, self.device = cfg, spec, device
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self.generators: dict[str, torch.Generator] = {}  # named random streams (new_generator)
         self.num_updates = 0
 
     # --- the contract -------------------------------------------------------------
@@ -84,6 +85,17 @@ class Agent(nn.Module):
         loss.backward()
         opt.step()
 
+    def new_generator(self, name: str) -> torch.Generator:
+        """A random stream of the agent's own on its device (REDQ's subset draws), so that its draws never
+        shift the global stream the actor's noise comes from. Seeded from the run's seed (the k-th stream
+        with initial_seed + k), checkpointed with the agent; create it in __init__."""
+        if name in self.generators:
+            raise ValueError(f"the agent already has a generator named {name!r}")
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(torch.initial_seed() + 1 + len(self.generators))
+        self.generators[name] = generator
+        return generator
+
     def random_action(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         u = torch.rand((n, self.spec.act_dim), device=self.device, generator=generator)
         return self.spec.act_low.to(self.device) + u * (self.spec.act_high - self.spec.act_low).to(self.device)
@@ -93,6 +105,7 @@ class Agent(nn.Module):
         return {
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "schedulers": {k: sched.state_dict() for k, sched in self.schedulers.items()},
+            "generators": {k: g.get_state() for k, g in self.generators.items()},
             "num_updates": self.num_updates,
             "agent": self.extra_state(),
         }
@@ -102,6 +115,8 @@ class Agent(nn.Module):
             opt.load_state_dict(state["optimizers"][k])
         for k, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][k])
+        for k, g in self.generators.items():
+            g.set_state(state["generators"][k].cpu())  # get_state is a CPU byte tensor on every device
         self.num_updates = state["num_updates"]
         self.load_extra_state(state["agent"])
 

@@ -57,13 +57,15 @@ class CriticEnsemble(nn.Module):
         self.hidden = nn.ModuleList(EnsembleLinear(i, o, num_critics) for i, o in zip(dims[:-1], dims[1:], strict=True))
         self.head = EnsembleLinear(dims[-1], 1, num_critics)
 
-    def forward(self, obs: Tensor, act: Tensor) -> Tensor:
-        x = torch.cat([obs, act], dim=-1)  # [B, in] (shared) or [N, B, in] (per critic)
+    def forward(self, obs: Tensor, act: Tensor, members: Tensor | None = None) -> Tensor:
+        """Q values [N, B]; with `members` [M] (critic indices) only those critics run: [M, B], the cost of
+        M critics, not N (REDQ's target reads M of N)."""
+        x = torch.cat([obs, act], dim=-1)  # [B, in] (shared) or [N or M, B, in] (per critic)
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.num_critics, *x.shape)  # [N, B, in]
+            x = x.unsqueeze(0).expand(self.num_critics if members is None else len(members), *x.shape)
         for layer in self.hidden:
-            x = torch.relu(layer(x))  # [N, B, hidden]
-        return self.head(x).squeeze(-1)  # [N, B]
+            x = torch.relu(layer(x, members))  # [N or M, B, hidden]
+        return self.head(x, members).squeeze(-1)  # [N or M, B]
 
 
 class DeterministicActor(nn.Module):
@@ -95,9 +97,16 @@ class TanhGaussianActor(nn.Module):
         log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
         return Normal(mean, log_std.exp())
 
-    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        """Returns (action [B, act_dim], log_prob [B]) with the tanh change of variables."""
+    def forward(self, obs: Tensor, deterministic: bool = False, samples: int = 1) -> tuple[Tensor, Tensor]:
+        """Returns (action [B*samples, act_dim], log_prob [B*samples]) with the tanh change of variables.
+
+        samples > 1 draws that many actions per state, rows in `repeat_interleave` order (state-major):
+        the trunk runs once per state and only the noise differs, which gives the same numbers as
+        `self(obs.repeat_interleave(samples, 0))` for 1/samples of the trunk's work (CQL's 20 policy
+        actions per row; tests/test_networks.py checks the equality)."""
         dist = self.distribution(obs)
+        if samples > 1:
+            dist = Normal(dist.loc.repeat_interleave(samples, 0), dist.scale.repeat_interleave(samples, 0))
         pre_tanh = dist.mean if deterministic else dist.rsample()
         squashed = torch.tanh(pre_tanh)
         # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), the numerically stable form
@@ -134,14 +143,25 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def min_over_subset(q: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
-    """min over a random M-subset of the N critics, one fresh subset per call and the same for the
-    whole batch (REDQ, Chen et al. 2021): q [N, B] -> [B]. The generator lives on q's device."""
-    n = q.shape[0]
+def random_subset(n: int, m: int, generator: torch.Generator) -> Tensor:
+    """M distinct critic indices out of N, uniformly (REDQ, Chen et al. 2021: one fresh subset per
+    update, shared by the whole batch) -> [M], on the generator's device."""
     if not 1 <= m <= n:
         raise ValueError(f"subset size {m} must lie in [1, {n}] (the number of critics)")
-    idx = torch.randperm(n, generator=generator, device=q.device)[:m]  # [M]
-    return q.index_select(0, idx).min(0).values  # [M, B] -> [B]
+    return torch.randperm(n, generator=generator, device=generator.device)[:m]
+
+
+def subset_min_target(critic: CriticEnsemble, obs: Tensor, act: Tensor, m: int, generator: torch.Generator,
+                      all_critics: bool = False) -> tuple[Tensor, Tensor]:
+    """The min over a random M-subset of the target critics, [B], and the Q values computed, [M, B]: only
+    the M drawn critics run (as redq_sac.py evaluates only them). all_critics=True runs all N and
+    returns [N, B] beside the min (what an ensemble-std penalty needs)."""
+    subset = random_subset(critic.num_critics, m, generator)  # [M]
+    if all_critics:
+        q = critic(obs, act)  # [N, B]
+        return q.index_select(0, subset).min(0).values, q
+    q = critic(obs, act, members=subset)  # [M, B]
+    return q.min(0).values, q
 
 
 def mean_over_critics(q: Tensor) -> Tensor:
@@ -252,9 +272,13 @@ class EnsembleTanhGaussianActor(nn.Module):
         mean, log_std = self.head(x).chunk(2, dim=-1)  # [E, B, A] each
         return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()
 
-    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        """Every member's action [E, B, A] and log-density [E, B]."""
-        return squashed_sample(*self.moments(obs), self.act_scale, self.act_bias, deterministic)
+    def forward(self, obs: Tensor, deterministic: bool = False, samples: int = 1) -> tuple[Tensor, Tensor]:
+        """Every member's action [E, B*samples, A] and log-density [E, B*samples]; samples > 1 draws that
+        many per state from one trunk pass (rows state-major, as TanhGaussianActor)."""
+        mean, std = self.moments(obs)  # [E, B, A]
+        if samples > 1:
+            mean, std = mean.repeat_interleave(samples, 1), std.repeat_interleave(samples, 1)  # [E, B*samples, A]
+        return squashed_sample(mean, std, self.act_scale, self.act_bias, deterministic)
 
     def mixture(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """The moment-matched mixture's action [B, A] and log-density [B]."""
