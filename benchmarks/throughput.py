@@ -9,6 +9,12 @@ ensemble, a rollout round of 50k start states x h = 5 every 1000 updates, 5% rea
 their figure is updates per second with the rollout cost amortized in; the ensemble is fitted
 for one epoch first (fitting is benchmarked by benchmarks/model.py).
 
+`--phase online` times the online-phase update instead: the agent is switched as the trainer
+switches it (`on_phase`: PEX's policy set, ACA's re-parameterized critic, UPQ's penalty), batches
+come from the agent's own sampler config (configs/<agent>.yaml: 50/50 symmetric, Off2On's balanced
+replay with its density-ratio step, APL's windows ...) over the offline store and an online store
+of 20k synthetic rows, and the sampler's `after_update` runs as the trainer runs it.
+
 Prints one JSON line. The warm-up updates (first 10% of the time) are not counted.
 
 `--flops` adds the arithmetic: the floating-point operations of one update (counted by
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,13 +38,15 @@ from agents.core.config import ConfigError, resolve_device
 from agents.core.registry import discover_agents
 from worldmodels.data.fields import add_fields, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
-from worldmodels.data.store import TransitionStore
+from worldmodels.data.store import CORE_FIELDS, TransitionStore
 from worldmodels.progress import Progress
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
 
 AGENTS = discover_agents()  # name -> (agent class, config class): every agent in agents/
 MODEL_BASED = {"mopo", "moore"}
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ONLINE_ROWS = 20_000  # online store of the online-phase benchmark
 
 
 def synthetic_store(n: int, obs_dim: int, act_dim: int, device: torch.device) -> TransitionStore:
@@ -72,12 +81,27 @@ def count_update_flops(agent, sampler, progress: Progress, batch_size: int, upda
 
     with FlopCounterMode(display=False) as counter:
         for _ in range(updates):
-            agent.update(sampler.sample(batch_size, progress), progress)
+            batch = sampler.sample(batch_size, progress)
+            sampler.after_update(batch, agent.update(batch, progress))
     return counter.get_total_flops() / updates
 
 
+def agent_sampler_config(agent_name: str) -> SamplerConfig:
+    """The sampler a run of `python -m agents.<name>` uses (its hydra config's `sampler` group)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from agents.core.config import RunConfig
+
+    ConfigStore.instance().store(name=f"{agent_name}_schema", node=RunConfig(agent=AGENTS[agent_name][1]()))
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return OmegaConf.to_object(compose(config_name=agent_name)).sampler
+
+
 def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256,
-            critics: int | None = None, hidden: list[int] | None = None, flops: bool = False) -> dict:
+            critics: int | None = None, hidden: list[int] | None = None, flops: bool = False,
+            phase: str = "offline") -> dict:
     agent_cls, config_cls = AGENTS[agent_name]
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     torch.manual_seed(0)
@@ -100,10 +124,22 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
         world = make_world_model(WorldModelConfig(kind="ensemble", fit_max_epochs=1), RolloutConfig(),
                                  17, 6, "HalfCheetah-v5", device)
         world.fit(store_fit_data(store))
-    # the trainer's data path: offline rows, plus imagined rows for model-based agents
-    sources = Sources(store, TransitionStore(1, 17, 6, device, source="online"), world.store if world else None)
-    sampler = make_sampler(SamplerConfig(), sources, world.rollout_cfg.real_ratio if world else 1.0)
-    progress = Progress("offline", 0, 0, 0, 10**9, 0)
+    # the trainer's data path: offline rows, online rows (online phase), imagined rows (model-based agents)
+    online_rows = ONLINE_ROWS if phase == "online" else 0
+    online = TransitionStore(max(online_rows, 1), 17, 6, device, source="online")
+    add_fields(online, agent.transition_fields())
+    sources = Sources(store, online, world.store if world else None)
+    sampler_cfg = agent_sampler_config(agent_name) if phase == "online" else SamplerConfig()
+    sampler = make_sampler(sampler_cfg, sources, world.rollout_cfg.real_ratio if world else 1.0)
+    if phase == "online":
+        fresh = synthetic_store(online_rows, 17, 6, device)
+        rows = online.add(**{k: fresh.data[k][:online_rows] for k in CORE_FIELDS})
+        sampler.rows_added("online", rows)
+        offline_updates = 10**6
+        progress = Progress("online", offline_updates, online_rows, offline_updates, offline_updates, 10**9)
+        agent.on_phase(progress)  # the switch, as the trainer makes it
+    else:
+        progress = Progress("offline", 0, 0, 0, 10**9, 0)
     total = 0
 
     def run_for(budget: float) -> int:
@@ -113,7 +149,8 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
             for _ in range(50):
                 if world is not None and world.due(total):
                     world.generate(lambda o: agent.act(o), lambda n: sampler.sample_real(n, progress))
-                agent.update(sampler.sample(batch_size, progress), progress)
+                batch = sampler.sample(batch_size, progress)
+                sampler.after_update(batch, agent.update(batch, progress))
                 total += 1
             n += 50
         if device.type == "cuda":
@@ -129,7 +166,8 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
         gflop = count_update_flops(agent, sampler, progress, batch_size) / 1e9
         arithmetic = {"gflop_per_update": round(gflop, 3), "achieved_gflops": round(gflop * n / elapsed, 1),
                       "matmul_gflops": round(matmul_gflops(device), 1)}
-    return {"agent": agent_name, "updates_per_second": round(n / elapsed, 1), "updates": n, **arithmetic,
+    return {"agent": agent_name, "phase": phase, "sampler": sampler_cfg.kind if phase == "online" else "uniform",
+            "updates_per_second": round(n / elapsed, 1), "updates": n, **arithmetic,
             "seconds": round(elapsed, 2), "batch_size": batch_size,
             "hidden": list(getattr(cfg, "hidden", [256, 256])),  # the agent's default (CQL: CORL's 3x256)
             "critics": getattr(cfg, "num_critics", None),
@@ -144,13 +182,15 @@ def main() -> None:
     parser.add_argument("--critics", type=int, default=None, help="override the agent's num_critics")
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="override the agent's hidden sizes")
     parser.add_argument("--flops", action="store_true", help="add FLOPs per update and the machine's matmul rate")
+    parser.add_argument("--phase", choices=["offline", "online"], default="offline",
+                        help="time the offline update (uniform batches) or the online one (after the switch)")
     args = parser.parse_args()
     try:
         device = resolve_device(args.device)
     except ConfigError as err:
         parser.error(str(err))  # one line, exit status 2
     print(json.dumps(measure(args.agent, args.seconds, device, critics=args.critics, hidden=args.hidden,
-                             flops=args.flops)))
+                             flops=args.flops, phase=args.phase)))
 
 
 if __name__ == "__main__":
