@@ -4,8 +4,8 @@ measures the update, not data loading.
 
     python benchmarks/throughput.py --agent td3bc --seconds 20
 
-Model-based agents (mopo, moore) run with their world model at the paper's settings (7x4x200
-ensemble, a rollout round of 50k start states x h = 5 every 1000 updates, 5% real data), so
+Model-based agents (those whose config turns a world model on: mopo, moore) run with their world
+model at the paper's settings (7x4x200 ensemble, a rollout round of 50k start states x h = 5 every 1000 updates, 5% real data), so
 their figure is updates per second with the rollout cost amortized in; the ensemble is fitted
 for one epoch first (fitting is benchmarked by benchmarks/model.py).
 
@@ -44,7 +44,6 @@ from worldmodels.rollout import RolloutConfig
 from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
 
 AGENTS = discover_agents()  # name -> (agent class, config class): every agent in agents/
-MODEL_BASED = {"mopo", "moore"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ONLINE_ROWS = 20_000  # online store of the online-phase benchmark
 
@@ -86,8 +85,8 @@ def count_update_flops(agent, sampler, progress: Progress, batch_size: int, upda
     return counter.get_total_flops() / updates
 
 
-def agent_sampler_config(agent_name: str) -> SamplerConfig:
-    """The sampler a run of `python -m agents.<name>` uses (its hydra config's `sampler` group)."""
+def agent_run_config(agent_name: str):
+    """The run config `python -m agents.<name>` composes (its sampler and world-model groups are read)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
@@ -96,7 +95,7 @@ def agent_sampler_config(agent_name: str) -> SamplerConfig:
 
     ConfigStore.instance().store(name=f"{agent_name}_schema", node=RunConfig(agent=AGENTS[agent_name][1]()))
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return OmegaConf.to_object(compose(config_name=agent_name)).sampler
+        return OmegaConf.to_object(compose(config_name=agent_name))
 
 
 def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256,
@@ -120,7 +119,8 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
     fill_offline(store, agent.transition_fields())
     agent.on_offline_start(store)
     world = None
-    if agent_name in MODEL_BASED:
+    run_cfg = agent_run_config(agent_name)
+    if run_cfg.world_model.kind != "none":  # a model-based agent (mopo, moore): its world model at paper settings
         world = make_world_model(WorldModelConfig(kind="ensemble", fit_max_epochs=1), RolloutConfig(),
                                  17, 6, "HalfCheetah-v5", device)
         world.fit(store_fit_data(store))
@@ -129,7 +129,7 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
     online = TransitionStore(max(online_rows, 1), 17, 6, device, source="online")
     add_fields(online, agent.transition_fields())
     sources = Sources(store, online, world.store if world else None)
-    sampler_cfg = agent_sampler_config(agent_name) if phase == "online" else SamplerConfig()
+    sampler_cfg = run_cfg.sampler if phase == "online" else SamplerConfig()
     sampler = make_sampler(sampler_cfg, sources, world.rollout_cfg.real_ratio if world else 1.0)
     if phase == "online":
         fresh = synthetic_store(online_rows, 17, 6, device)
