@@ -5,9 +5,9 @@ measures the update, not data loading.
     python benchmarks/throughput.py --agent td3bc --seconds 20
 
 Model-based agents (those whose config turns a world model on: mopo, moore) run with their world
-model at the paper's settings (7x4x200 ensemble, a rollout round of 50k start states x h = 5 every 1000 updates, 5% real data), so
-their figure is updates per second with the rollout cost amortized in; the ensemble is fitted
-for one epoch first (fitting is benchmarked by benchmarks/model.py).
+model at the paper's settings (7x4x200 ensemble, a rollout round of 50k start states x h = 5
+every 1000 updates, 5% real data), so their figure is updates per second with the rollout cost
+amortized in; the ensemble is fitted for one epoch first (fitting is benchmarked by benchmarks/model.py).
 
 `--phase online` times the online-phase update instead: the agent is switched as the trainer
 switches it (`on_phase`: PEX's policy set, ACA's re-parameterized critic, UPQ's penalty), batches
