@@ -19,7 +19,7 @@ from torch import Tensor
 
 from agents.core.networks import cosine_lr, set_lr
 from agents.sac import SAC, SACConfig
-from worldmodels.data.store import Batch
+from worldmodels.data.store import SOURCE_IDS, Batch
 from worldmodels.progress import Progress
 
 
@@ -42,6 +42,26 @@ class MOPO(SAC):
             done = min(progress.offline_updates, progress.offline_budget) / max(progress.offline_budget, 1)
             set_lr(self.optimizers["actor"], cosine_lr(self.cfg.actor_lr, done))
         return super().update(batch, progress)
+
+    def critic_loss(self, batch: Batch, obs: Tensor, next_obs: Tensor,
+                    progress: Progress | None = None) -> tuple[Tensor, dict]:
+        loss, info = super().critic_loss(batch, obs, next_obs, progress)
+        return loss, info | real_imagined_split(batch, info["_q"].mean(0), info["_target"])
+
+
+def real_imagined_split(batch: Batch, q: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Q, Bellman target and reward means over the batch's real rows and its imagined rows, separately: where Q
+    runs away on imagined rows while staying put on real ones, the policy is exploiting model error (MOPO's
+    failure mode). Masked means, no host sync; a part with no rows reads 0."""
+    if batch.source is None:
+        return {}
+    imagined = (batch.source == SOURCE_IDS["model"]).float()  # [B]
+    out = {}
+    for part, mask in (("real", 1.0 - imagined), ("imagined", imagined)):
+        count = mask.sum().clamp_min(1.0)
+        out |= {f"q/{part}": (q * mask).sum() / count, f"target/{part}": (target * mask).sum() / count,
+                f"reward/{part}": (batch.rew * mask).sum() / count}
+    return out
 
 def main() -> None:
     from agents.core.entry import run

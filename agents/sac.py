@@ -91,7 +91,8 @@ class SAC(Agent):
             target = batch.rew + self.cfg.gamma * (1.0 - batch.terminal) * self.target_value(batch, next_obs)
         q = self.critic(obs, batch.act)  # [N, B]
         loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
-        return loss, {"loss/critic": loss.detach(), "q/mean": q.detach().mean()}
+        # "_q" [N, B] and "_target" [B] are for subclasses' diagnostics (MOPO's real/imagined split); never logged
+        return loss, {"loss/critic": loss.detach(), "q/mean": q.detach().mean(), "_q": q.detach(), "_target": target}
 
     def actor_loss(self, batch: Batch, obs: Tensor, progress: Progress | None = None) -> tuple[Tensor, dict]:
         act, log_prob = self.actor(obs)

@@ -197,3 +197,22 @@ def test_uncertainty_and_precision_overrides_reach_the_world_model():
                                               termination="none"), RolloutConfig(horizon=1), OBS, ACT, None,
                              torch.device("cpu"))
     assert world.model.train_precision == "float32"
+
+
+def test_real_imagined_split_averages_each_source_separately():
+    from agents.mopo import real_imagined_split
+    from worldmodels.data.store import SOURCE_IDS, Batch
+
+    source = torch.tensor([SOURCE_IDS["offline"], SOURCE_IDS["online"], SOURCE_IDS["model"], SOURCE_IDS["model"]])
+    z = torch.zeros(4)
+    batch = Batch(torch.zeros(4, 2), torch.zeros(4, 1), torch.tensor([1.0, 3.0, -1.0, -2.0]), torch.zeros(4, 2),
+                  z, z, source=source, index=torch.arange(4))
+    q, target = torch.tensor([10.0, 20.0, 30.0, 50.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = real_imagined_split(batch, q=q, target=target)
+    assert out["q/real"] == 15.0 and out["q/imagined"] == 40.0
+    assert out["target/real"] == 1.5 and out["target/imagined"] == 3.5
+    assert out["reward/real"] == 2.0 and out["reward/imagined"] == -1.5
+    # a batch with no imagined rows reads 0 there, not NaN
+    out = real_imagined_split(Batch(batch.obs, batch.act, batch.rew, batch.next_obs, z, z, source=torch.zeros(4).long(),
+                                    index=torch.arange(4)), q=torch.ones(4), target=torch.ones(4))
+    assert out["q/imagined"] == 0.0 and out["q/real"] == 1.0
