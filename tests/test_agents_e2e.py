@@ -98,3 +98,48 @@ def test_nan_rewards_dataset(cli_error_runs, nan_rewards_dataset_id):
     assert result.returncode == 2, result.describe()
     assert "'rewards'" in result.stderr and nan_rewards_dataset_id in result.stderr, result.describe()
     assert "Traceback" not in result.stderr
+
+
+def _markdown_rows(stdout: str) -> dict[str, tuple[float, float]]:
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        try:
+            rows[cells[0]] = (float(cells[1]), float(cells[2]))
+        except (ValueError, IndexError):  # the header, the |---| rule and the lines around the table
+            continue
+    return rows
+
+
+def test_exploitation_tool_reads_a_model_based_run(agent_runs, tiny_dataset_id):
+    """`python -m agents.tools.exploitation RUN_DIR`: the model's figures on the policy's real episodes and
+    on the data; the dataset column is checked against the dataset itself, the penalized reward against
+    r_hat - lambda u of the run's own estimator."""
+    import sys
+
+    from conftest import run_cli
+    from omegaconf import OmegaConf
+
+    from worldmodels.data.minari_load import load_offline_dataset
+
+    mopo = agent_runs["mopo"].result()
+    assert mopo.returncode == 0, mopo.describe()
+    cmd = [sys.executable, "-m", "agents.tools.exploitation", str(mopo.run_dir), "episodes=1",
+           "dataset_rows=1000000"]
+    result = run_cli(cmd)
+    assert result.returncode == 0, result.describe()
+    rows = _markdown_rows(result.stdout)
+    ds = load_offline_dataset(tiny_dataset_id)
+    assert rows["transitions"] == (1000.0, float(len(ds.rewards)))  # one HalfCheetah episode; every logged row
+    assert rows["r (true)"][1] == pytest.approx(float(ds.rewards.mean()), abs=1e-3)
+    cfg = OmegaConf.load(mopo.run_dir / "run_config.yaml")
+    penalty, coef = cfg["world_model"]["uncertainty"], cfg["rollout"]["penalty_coef"]
+    for col in (0, 1):
+        taught = rows["r_hat (model)"][col] - coef * rows[f"u {penalty}"][col]
+        assert rows["r_hat - lambda u (taught)"][col] == pytest.approx(taught, abs=5e-3)
+        assert rows["taught - true"][col] == pytest.approx(taught - rows["r (true)"][col], abs=5e-3)
+        assert rows["abs(r_hat - r)"][col] >= abs(rows["r_hat (model)"][col] - rows["r (true)"][col]) - 2e-3
+
+    td3bc = agent_runs["td3bc"].result()
+    refused = run_cli([sys.executable, "-m", "agents.tools.exploitation", str(td3bc.run_dir)])
+    assert refused.returncode == 2 and "model-free" in refused.stderr, refused.describe()
