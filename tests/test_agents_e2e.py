@@ -117,9 +117,11 @@ def test_exploitation_tool_reads_a_model_based_run(agent_runs, tiny_dataset_id):
     r_hat - lambda u of the run's own estimator."""
     import sys
 
+    import numpy as np
     from conftest import run_cli
     from omegaconf import OmegaConf
 
+    from worldmodels.analysis.evaluation import segment_starts
     from worldmodels.data.minari_load import load_offline_dataset
 
     mopo = agent_runs["mopo"].result()
@@ -130,15 +132,33 @@ def test_exploitation_tool_reads_a_model_based_run(agent_runs, tiny_dataset_id):
     assert result.returncode == 0, result.describe()
     rows = _markdown_rows(result.stdout)
     ds = load_offline_dataset(tiny_dataset_id)
-    assert rows["transitions"] == (1000.0, float(len(ds.rewards)))  # one HalfCheetah episode; every logged row
-    assert rows["r (true)"][1] == pytest.approx(float(ds.rewards.mean()), abs=1e-3)
     cfg = OmegaConf.load(mopo.run_dir / "run_config.yaml")
-    penalty, coef = cfg["world_model"]["uncertainty"], cfg["rollout"]["penalty_coef"]
+    penalty, coef, h = cfg.world_model.uncertainty, cfg.rollout.penalty_coef, cfg.rollout.horizon
+    starts = segment_starts(ds, h)  # every logged h-step segment, since dataset_rows exceeds their count
+    # one HalfCheetah episode of 1000 steps holds 1000 - h + 1 segments
+    assert rows["transitions"] == (float(1000 - h + 1), float(len(starts)))
+    assert rows["r (true)"][1] == pytest.approx(float(ds.rewards[starts].mean()), abs=1e-3)
+    h_step_true = np.mean([ds.rewards[t:t + h].sum() for t in starts])
+    assert rows[f"{h}-step true return"][1] == pytest.approx(float(h_step_true), abs=1e-3)
     for col in (0, 1):
         taught = rows["r_hat (model)"][col] - coef * rows[f"u {penalty}"][col]
         assert rows["r_hat - lambda u (taught)"][col] == pytest.approx(taught, abs=5e-3)
         assert rows["taught - true"][col] == pytest.approx(taught - rows["r (true)"][col], abs=5e-3)
         assert rows["abs(r_hat - r)"][col] >= abs(rows["r_hat (model)"][col] - rows["r (true)"][col]) - 2e-3
+
+    # the critic against the true discounted return, over rows with at least 500 steps left in their episode
+    ids = np.asarray(ds.episode_ids)
+    gamma, ret_to_go, rows_left = cfg.agent.gamma, np.zeros(len(ids)), np.zeros(len(ids), dtype=int)
+    for t in reversed(range(len(ids))):
+        last = t == len(ids) - 1 or ids[t + 1] != ids[t]
+        ret_to_go[t] = ds.rewards[t] + (0.0 if last else gamma * ret_to_go[t + 1])
+        rows_left[t] = 1 if last else rows_left[t + 1] + 1
+    if (rows_left >= 500).any():
+        assert rows["discounted return (true)"][1] == pytest.approx(ret_to_go[rows_left >= 500].mean(), abs=2e-3)
+    for col in (0, 1):
+        if not np.isnan(rows["Q - return"][col]):
+            q_minus = rows["Q(s, a) (critic)"][col] - rows["discounted return (true)"][col]
+            assert rows["Q - return"][col] == pytest.approx(q_minus, abs=5e-3)
 
     td3bc = agent_runs["td3bc"].result()
     refused = run_cli([sys.executable, "-m", "agents.tools.exploitation", str(td3bc.run_dir)])

@@ -175,7 +175,7 @@ def compose_run_config(agent: str, overrides: list[str]):
     from agents.core.entry import CONFIG_DIR
 
     mod = importlib.import_module(f"agents.{agent}")
-    config_cls = {"td3bc": "TD3BCConfig", "mopo": "MOPOConfig"}[agent]
+    config_cls = {"td3bc": "TD3BCConfig", "mopo": "MOPOConfig", "moore": "MOOReConfig"}[agent]
     ConfigStore.instance().store(name=f"{agent}_schema", node=RunConfig(agent=getattr(mod, config_cls)()))
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         return OmegaConf.to_object(compose(config_name=agent, overrides=overrides))
@@ -186,7 +186,14 @@ def test_uncertainty_and_precision_overrides_reach_the_world_model():
 
     cfg = compose_run_config("td3bc", ["world_model=ensemble", "rollout.horizon=5", "uncertainty=disagreement"])
     assert (cfg.world_model.kind, cfg.world_model.uncertainty, cfg.rollout.horizon) == ("ensemble", "disagreement", 5)
-    assert compose_run_config("mopo", []).world_model.uncertainty == "aleatoric"  # MOPO's own default
+    paper = compose_run_config("mopo", ["experiment=paper"])  # MOPO's own values
+    assert (paper.world_model.uncertainty, paper.world_model.penalty_units, paper.rollout.real_ratio,
+            paper.agent.init_alpha) == ("aleatoric", None, 0.05, 1.0)
+    # the quick budget's named departures (configs/agent_experiment/mopo_quick.yaml), for MOORe alike
+    for agent in ("mopo", "moore"):
+        quick = compose_run_config(agent, [])
+        assert (quick.world_model.uncertainty, quick.world_model.penalty_units, quick.rollout.real_ratio,
+                quick.agent.init_alpha, quick.rollout.penalty_coef) == ("ensemble_std", "aleatoric", 0.5, 0.1, 0.5)
     assert compose_run_config("mopo", []).world_model.train_precision == "auto"
     with pytest.raises(ConfigError, match="world_model=ensemble"):  # an estimator without a model: say so
         check_run_config(compose_run_config("td3bc", ["uncertainty=disagreement"]))
@@ -216,3 +223,57 @@ def test_real_imagined_split_averages_each_source_separately():
     out = real_imagined_split(Batch(batch.obs, batch.act, batch.rew, batch.next_obs, z, z, source=torch.zeros(4).long(),
                                     index=torch.arange(4)), q=torch.ones(4), target=torch.ones(4))
     assert out["q/imagined"] == 0.0 and out["q/real"] == 1.0
+
+
+def _fitted_world(uncertainty: str, penalty_units: str | None, penalty_coef: float):
+    wcfg = WorldModelConfig(kind="ensemble", hidden=[16, 16], fit_max_epochs=2, termination="none",
+                            uncertainty=uncertainty, penalty_units=penalty_units)
+    rcfg = RolloutConfig(horizon=3, penalty_coef=penalty_coef, num_starts=64, every=10, keep_rounds=2, chunk=64)
+    torch.manual_seed(0)
+    world = make_world_model(wcfg, rcfg, OBS, ACT, None, torch.device("cpu"))
+    world.fit(store_fit_data(_offline_store()))
+    return world
+
+
+def test_penalty_units_convert_lambda_into_the_named_estimators_units():
+    """world_model.penalty_units=aleatoric with ensemble_std: scale = mean u_aleatoric / mean u_ensemble_std on the
+    round's real start rows, and the round is bitwise the round of lambda * scale with no conversion."""
+    from worldmodels.uncertainty import make_uncertainty
+
+    real = _offline_store()
+    starts = lambda n: real.gather(torch.arange(n))  # noqa: E731  the same real rows every round
+    policy = lambda o: torch.tanh(o[:, :ACT])  # noqa: E731
+    converted = _fitted_world("ensemble_std", "aleatoric", 0.5)
+    assert converted.penalty_scale is None  # due at the first round after a fit
+    torch.manual_seed(1)
+    converted.generate(policy, starts)
+    rows = starts(64)
+    mean, var = converted.model.predict(rows.obs, rows.act)
+    expected = (make_uncertainty("aleatoric", converted.model).from_prediction(mean, var).mean()
+                / make_uncertainty("ensemble_std", converted.model).from_prediction(mean, var).mean()).item()
+    assert converted.penalty_scale == pytest.approx(expected, rel=1e-6) and converted.penalty_scale > 1.0
+    assert converted.metrics()["model/penalty_scale"] == converted.penalty_scale
+
+    plain = _fitted_world("ensemble_std", None, 0.5 * converted.penalty_scale)
+    assert plain.penalty_scale == 1.0
+    torch.manual_seed(1)
+    plain.generate(policy, starts)
+    for key in ("obs", "act", "rew", "next_obs"):
+        assert torch.equal(converted.store.valid()[key], plain.store.valid()[key]), key
+
+    # the scale survives a checkpoint, and a refit makes it due again
+    restored = _fitted_world("ensemble_std", "aleatoric", 0.5)
+    restored.load_state_dict(converted.state_dict())
+    assert restored.penalty_scale == converted.penalty_scale
+    converted.fit(store_fit_data(real))
+    assert converted.penalty_scale is None
+    same_units = _fitted_world("aleatoric", "aleatoric", 0.5)
+    same_units.generate(policy, starts)
+    assert same_units.penalty_scale == pytest.approx(1.0, rel=1e-6)
+
+
+def test_penalty_units_must_name_a_dynamics_estimator():
+    from agents.core.config import ConfigError, check_run_config
+
+    with pytest.raises(ConfigError, match="penalty_units"):
+        check_run_config(compose_run_config("mopo", ["world_model.penalty_units=q_std"]))

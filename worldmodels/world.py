@@ -34,6 +34,12 @@ class WorldModelConfig:
     weight_decays: list[float] | None = None  # per layer; None = MBPO/MOPO's 2.5e-5 .. 1e-4 spread over the layers
     uncertainty: str = "aleatoric"  # MOPO's max aleatoric std; see worldmodels/uncertainty.py for the others
     uncertainty_members: str = "all"  # all | elites: members the estimator reads (MOPO reference: all)
+    # null: rollout.penalty_coef multiplies `uncertainty` itself (MOPO). An estimator's name (e.g. aleatoric): the
+    # coefficient is read in that estimator's units, so the per-dataset lambdas of configs/rollout/ (tuned for
+    # MOPO's aleatoric penalty) keep their strength when another estimator ranks errors better. After each fit
+    # the first rollout round sets scale = mean u_units / mean u over its start states and their logged actions
+    # (real transitions), and every round penalizes with penalty_coef * scale * u (ours; `model/penalty_scale`).
+    penalty_units: str | None = None
     termination: str = "auto"  # auto: the env's known rule, else a learned head | learned | none
     propagation: str = "random_elite"  # random_elite (MBPO/MOPO) | mean
     # auto: bf16 autocast for fitting where the device multiplies bf16 natively, else float32 (our choice, measured
@@ -85,6 +91,8 @@ class WorldModel:
         self.last_rollout: RolloutResult | None = None
         self.last_fit: FitReport | None = None
         self._metrics: dict[str, float] = {}  # the latest fit's and rollout's figures; checkpointed
+        # lambda's unit conversion (world_model.penalty_units); None = due at the next round. 1.0 when unset.
+        self.penalty_scale: float | None = 1.0 if cfg.penalty_units is None else None
         if self.null:
             return
         if cfg.load_path:
@@ -93,6 +101,8 @@ class WorldModel:
         else:
             self.model = make_dynamics(cfg, obs_dim, act_dim, env_id, device)
         self.uncertainty = make_uncertainty(cfg.uncertainty, self.model, members=cfg.uncertainty_members)
+        self.units = (None if cfg.penalty_units is None else
+                      make_uncertainty(cfg.penalty_units, self.model, members=cfg.uncertainty_members))
         r = rollout_cfg
         self.store = TransitionStore(r.num_starts * r.horizon * r.keep_rounds, obs_dim, act_dim, device,
                                      source="model")
@@ -106,7 +116,16 @@ class WorldModel:
         self.last_fit = self.model.fit(data, max_epochs=self.cfg.fit_max_epochs, max_seconds=self.cfg.fit_max_seconds)
         self._metrics["model/holdout_mse"] = min(self.last_fit.holdout_mse[i] for i in self.last_fit.elite_indices)
         self.fitted = True
+        if self.units is not None:
+            self.penalty_scale = None  # a new model: convert lambda's units again at the next round
         return self.last_fit
+
+    @torch.no_grad()
+    def unit_scale(self, obs: Tensor, act: Tensor) -> float:
+        """mean u_units / mean u on real (obs [B, o], act [B, a]): the factor that puts lambda in u_units."""
+        mean, var = self.model.predict(obs, act)  # [E, B, D]
+        return (self.units.from_prediction(mean, var).mean() / self.uncertainty.from_prediction(mean, var).mean()
+                .clamp_min(1e-12)).item()
 
     def due(self, updates: int, online: bool = False) -> bool:
         """A rollout round is due before update number `updates` (and always before the first).
@@ -131,9 +150,12 @@ class WorldModel:
         results = []
         for begin in range(0, r.num_starts, r.chunk):
             n = min(r.chunk, r.num_starts - begin)
-            obs = starts(n).obs
-            results.append(rollout(self.model, policy, obs, r.horizon, self.uncertainty, r.penalty_coef,
-                                   propagation=self.cfg.propagation))
+            batch = starts(n)
+            if self.penalty_scale is None:
+                self.penalty_scale = self.unit_scale(batch.obs, batch.act)
+                self._metrics["model/penalty_scale"] = self.penalty_scale
+            results.append(rollout(self.model, policy, batch.obs, r.horizon, self.uncertainty,
+                                   r.penalty_coef * self.penalty_scale, propagation=self.cfg.propagation))
         for res in results:
             if res.transitions:
                 self.store.add(**res.transitions)
@@ -157,7 +179,7 @@ class WorldModel:
             return {}
         return {"model": self.model.state_dict(), "optimizer": self.model.optimizer.state_dict(),
                 "store": self.store.state_dict(), "fitted": self.fitted, "rounds": self.rounds,
-                "metrics": self.metrics()}
+                "metrics": self.metrics(), "penalty_scale": self.penalty_scale}
 
     def load_state_dict(self, state: dict) -> None:
         if self.null or not state:
@@ -167,6 +189,7 @@ class WorldModel:
         self.store.load_state_dict(state["store"])
         self.fitted, self.rounds = state["fitted"], state["rounds"]
         self._metrics = dict(state["metrics"])
+        self.penalty_scale = state.get("penalty_scale", self.penalty_scale)  # absent in older checkpoints
 
 
 def make_world_model(cfg: WorldModelConfig, rollout_cfg: RolloutConfig, obs_dim: int, act_dim: int,

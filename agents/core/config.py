@@ -127,6 +127,10 @@ def check_run_config(cfg: RunConfig) -> None:
         if w.uncertainty not in ("aleatoric", "disagreement", "ensemble_std", "total_variance"):
             raise ConfigError(f"uncertainty={w.uncertainty!r} is not a dynamics estimator; choose aleatoric, "
                               "disagreement, ensemble_std or total_variance.")
+        if w.penalty_units not in (None, "aleatoric", "disagreement", "ensemble_std", "total_variance"):
+            raise ConfigError(f"world_model.penalty_units={w.penalty_units!r} is not a dynamics estimator; choose "
+                              "aleatoric, disagreement, ensemble_std or total_variance, or null (lambda multiplies "
+                              "world_model.uncertainty itself).")
         if w.train_precision not in TRAIN_PRECISIONS:
             raise ConfigError(f"world_model.train_precision={w.train_precision!r}: choose one of "
                               f"{', '.join(TRAIN_PRECISIONS)}.")
