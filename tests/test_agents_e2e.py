@@ -163,3 +163,5 @@ def test_exploitation_tool_reads_a_model_based_run(agent_runs, tiny_dataset_id):
     td3bc = agent_runs["td3bc"].result()
     refused = run_cli([sys.executable, "-m", "agents.tools.exploitation", str(td3bc.run_dir)])
     assert refused.returncode == 2 and "model-free" in refused.stderr, refused.describe()
+    bad = run_cli([sys.executable, "-m", "agents.tools.exploitation", str(mopo.run_dir), "episodes=two"])
+    assert bad.returncode == 2 and "episodes=two must be a positive integer" in bad.stderr, bad.describe()
