@@ -16,6 +16,11 @@ from torch.distributions import Normal
 
 from worldmodels.ensemble import EnsembleLinear, make_adam
 
+# Every Normal below is built with validate_args=False: argument validation runs an `.all()` check per
+# construction and per log_prob (9 per AWAC update), each a device-to-host sync on a GPU, and a NaN from a
+# diverged network is caught once per log_every updates by the trainer (DivergedError, which names the last
+# good checkpoint) rather than as a bare constraint error inside the update.
+
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256), activation=nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -95,7 +100,7 @@ class TanhGaussianActor(nn.Module):
     def distribution(self, obs: Tensor) -> Normal:
         mean, log_std = self.trunk(obs).chunk(2, dim=-1)
         log_std = log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
-        return Normal(mean, log_std.exp())
+        return Normal(mean, log_std.exp(), validate_args=False)
 
     def forward(self, obs: Tensor, deterministic: bool = False, samples: int = 1) -> tuple[Tensor, Tensor]:
         """Returns (action [B*samples, act_dim], log_prob [B*samples]) with the tanh change of variables.
@@ -103,10 +108,11 @@ class TanhGaussianActor(nn.Module):
         samples > 1 draws that many actions per state, rows in `repeat_interleave` order (state-major):
         the trunk runs once per state and only the noise differs, which gives the same numbers as
         `self(obs.repeat_interleave(samples, 0))` for 1/samples of the trunk's work (CQL's 20 policy
-        actions per row; tests/test_networks.py checks the equality)."""
+        actions per row; tests/test_losses.py checks the equality)."""
         dist = self.distribution(obs)
         if samples > 1:
-            dist = Normal(dist.loc.repeat_interleave(samples, 0), dist.scale.repeat_interleave(samples, 0))
+            dist = Normal(dist.loc.repeat_interleave(samples, 0), dist.scale.repeat_interleave(samples, 0),
+                          validate_args=False)
         pre_tanh = dist.mean if deterministic else dist.rsample()
         squashed = torch.tanh(pre_tanh)
         # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), the numerically stable form
@@ -190,7 +196,7 @@ class GaussianActor(nn.Module):
         mean = self.net(obs)  # [B, act_dim], normalized units
         if self.tanh_mean:
             mean = torch.tanh(mean)
-        return Normal(mean, self.log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp())
+        return Normal(mean, self.log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp(), validate_args=False)
 
     def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """(action [B, act_dim] in env units, clamped into the bounds; log_prob [B] of the clamped action)."""
@@ -239,7 +245,7 @@ def squashed_sample(mean: Tensor, std: Tensor, act_scale: Tensor, act_bias: Tens
                     deterministic: bool = False) -> tuple[Tensor, Tensor]:
     """tanh-Gaussian action [..., A] in env units and its log-density [...] (TanhGaussianActor's maths for
     any leading shape)."""
-    dist = Normal(mean, std)
+    dist = Normal(mean, std, validate_args=False)
     pre_tanh = dist.mean if deterministic else dist.rsample()
     log_det = 2.0 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh))
     log_prob = (dist.log_prob(pre_tanh) - log_det).sum(-1) - torch.log(act_scale).sum()
