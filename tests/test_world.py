@@ -277,3 +277,52 @@ def test_penalty_units_must_name_a_dynamics_estimator():
 
     with pytest.raises(ConfigError, match="penalty_units"):
         check_run_config(compose_run_config("mopo", ["world_model.penalty_units=q_std"]))
+
+
+def test_d4rl_reward_units_is_the_ratio_of_reference_ranges():
+    """penalty_reward_units=d4rl: lambda x (ref_max - ref_min) / (D4RL's ref_max - ref_min) for the env, by hand
+    for the default dataset's recipe references and D4RL's HalfCheetah (-280.178953, 12135.0)."""
+    from worldmodels.world import d4rl_reward_units
+
+    assert d4rl_reward_units("HalfCheetah-v5", -333.25, 862.09) == pytest.approx(1195.34 / 12415.178953, rel=1e-12)
+    assert d4rl_reward_units("Hopper-v5", -20.272305, 3234.3) == pytest.approx(1.0, rel=1e-12)  # D4RL's own range
+    with pytest.raises(ValueError, match="no D4RL reference.*penalty_reward_units=null"):
+        d4rl_reward_units("Pendulum-v1", -1500.0, 0.0)
+    with pytest.raises(ValueError, match="ref_min_score < ref_max_score"):
+        d4rl_reward_units("HalfCheetah-v5", None, 862.0)
+
+
+def test_penalty_reward_units_scale_lambda_bitwise_and_are_logged():
+    """A world with penalty_reward_units=d4rl makes bitwise the round of lambda * units with none; unset is 1."""
+    real = _offline_store()
+    starts = lambda n: real.gather(torch.arange(n))  # noqa: E731
+    policy = lambda o: torch.tanh(o[:, :ACT])  # noqa: E731
+    refs = (-333.25, 862.09)
+    units = 1195.34 / 12415.178953
+
+    def world(penalty_reward_units, coef, ref_scores):
+        wcfg = WorldModelConfig(kind="ensemble", hidden=[16, 16], fit_max_epochs=2, termination="none",
+                                uncertainty="aleatoric", penalty_reward_units=penalty_reward_units)
+        rcfg = RolloutConfig(horizon=3, penalty_coef=coef, num_starts=64, every=10, keep_rounds=2, chunk=64)
+        torch.manual_seed(0)
+        w = make_world_model(wcfg, rcfg, OBS, ACT, "HalfCheetah-v5", torch.device("cpu"), ref_scores=ref_scores)
+        w.fit(store_fit_data(real))
+        torch.manual_seed(1)
+        w.generate(policy, starts)
+        return w
+
+    scaled, plain = world("d4rl", 0.5, refs), world(None, 0.5 * units, refs)
+    assert scaled.reward_units == pytest.approx(units, rel=1e-12) and plain.reward_units == 1.0
+    assert scaled.metrics()["model/penalty_reward_units"] == scaled.reward_units
+    assert "model/penalty_reward_units" not in plain.metrics()
+    for key in ("obs", "act", "rew", "next_obs"):
+        assert torch.equal(scaled.store.valid()[key], plain.store.valid()[key]), key
+    unscaled = world(None, 0.5, refs)
+    assert not torch.equal(scaled.store.valid()["rew"], unscaled.store.valid()["rew"])  # the factor did act
+
+
+def test_penalty_reward_units_refuses_unknown_values():
+    from agents.core.config import ConfigError, check_run_config
+
+    with pytest.raises(ConfigError, match="penalty_reward_units='minari'"):
+        check_run_config(compose_run_config("mopo", ["world_model.penalty_reward_units=minari"]))

@@ -40,6 +40,13 @@ class WorldModelConfig:
     # the first rollout round sets scale = mean u_units / mean u over its start states and their logged actions
     # (real transitions), and every round penalizes with penalty_coef * scale * u (ours; `model/penalty_scale`).
     penalty_units: str | None = None
+    # null: rollout.penalty_coef is in this dataset's reward units (MOPO as written). "d4rl": it is in D4RL's
+    # reward units for the env, as the per-dataset lambdas of configs/rollout/ were tuned (OfflineRL-Kit, MOPO on
+    # D4RL), and is multiplied by (this dataset's ref_max - ref_min) / (D4RL's ref_max - ref_min), so that
+    # lambda * u keeps its share of the random-to-expert return range (ours; `model/penalty_reward_units`).
+    # Why: on a recipe dataset whose expert returns 862 rather than D4RL's 12135, lambda 0.5 taught -1.4 per step of
+    # penalty against a whole random-to-expert range of 1.2 per step (README, "Why MOPO/MOORe fell").
+    penalty_reward_units: str | None = None
     termination: str = "auto"  # auto: the env's known rule, else a learned head | learned | none
     propagation: str = "random_elite"  # random_elite (MBPO/MOPO) | mean
     # auto: bf16 autocast for fitting where the device multiplies bf16 natively, else float32 (our choice, measured
@@ -61,6 +68,10 @@ class WorldModelConfig:
 
 
 KINDS = ("none", "ensemble")
+# D4RL's reference returns (random, expert) per MuJoCo env: d4rl/gym_mujoco/__init__.py (Fu et al. 2020), the
+# normalization every D4RL-tuned lambda was measured under. Keyed by the env's name without its version.
+D4RL_REF_SCORES = {"HalfCheetah": (-280.178953, 12135.0), "Hopper": (-20.272305, 3234.3),
+                   "Walker2d": (1.629008, 4592.3), "Ant": (-325.6, 3879.7)}
 MOPO_WEIGHT_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)  # MBPO / MOPO, for 4 hidden layers + output
 
 
@@ -73,6 +84,21 @@ def weight_decays(cfg: WorldModelConfig) -> list[float]:
     return torch.linspace(MOPO_WEIGHT_DECAYS[0], MOPO_WEIGHT_DECAYS[-1], layers).tolist()
 
 
+def d4rl_reward_units(env_id: str | None, ref_min: float | None, ref_max: float | None) -> float:
+    """(ref_max - ref_min) / (D4RL's ref_max - ref_min) for the env: the factor that turns a lambda tuned on D4RL
+    into this dataset's reward units (world_model.penalty_reward_units=d4rl). Raises ValueError, naming the fix,
+    when the env has no D4RL reference or the dataset has no reference returns."""
+    name = (env_id or "").split("-")[0]
+    if name not in D4RL_REF_SCORES:
+        raise ValueError(f"world_model.penalty_reward_units=d4rl: {env_id} has no D4RL reference returns (known: "
+                         f"{', '.join(D4RL_REF_SCORES)}); set world_model.penalty_reward_units=null.")
+    if ref_min is None or ref_max is None or ref_max <= ref_min:
+        raise ValueError(f"world_model.penalty_reward_units=d4rl needs the dataset's ref_min_score < ref_max_score "
+                         f"(got {ref_min}, {ref_max}); use a recipe dataset or set world_model.penalty_reward_units=null.")
+    d4rl_min, d4rl_max = D4RL_REF_SCORES[name]
+    return (ref_max - ref_min) / (d4rl_max - d4rl_min)
+
+
 def is_null(cfg: WorldModelConfig, rollout_cfg: RolloutConfig) -> bool:
     return cfg.kind == "none" or rollout_cfg.horizon == 0 or rollout_cfg.real_ratio >= 1.0
 
@@ -81,8 +107,9 @@ class WorldModel:
     """Dynamics ensemble + model store + rollout schedule. Build with `make_world_model`."""
 
     def __init__(self, cfg: WorldModelConfig, rollout_cfg: RolloutConfig, obs_dim: int, act_dim: int,
-                 env_id: str | None, device: torch.device):
+                 env_id: str | None, device: torch.device, reward_units: float = 1.0):
         self.cfg, self.rollout_cfg, self.device = cfg, rollout_cfg, device
+        self.reward_units = reward_units  # lambda's reward-unit factor (world_model.penalty_reward_units); 1 = none
         self.null = is_null(cfg, rollout_cfg)
         self.model: DynamicsEnsemble | None = None
         self.store: TransitionStore | None = None
@@ -91,6 +118,8 @@ class WorldModel:
         self.last_rollout: RolloutResult | None = None
         self.last_fit: FitReport | None = None
         self._metrics: dict[str, float] = {}  # the latest fit's and rollout's figures; checkpointed
+        if cfg.penalty_reward_units is not None:
+            self._metrics["model/penalty_reward_units"] = reward_units
         # lambda's unit conversion (world_model.penalty_units); None = due at the next round. 1.0 when unset.
         self.penalty_scale: float | None = 1.0 if cfg.penalty_units is None else None
         if self.null:
@@ -155,7 +184,8 @@ class WorldModel:
                 self.penalty_scale = self.unit_scale(batch.obs, batch.act)
                 self._metrics["model/penalty_scale"] = self.penalty_scale
             results.append(rollout(self.model, policy, batch.obs, r.horizon, self.uncertainty,
-                                   r.penalty_coef * self.penalty_scale, propagation=self.cfg.propagation))
+                                   r.penalty_coef * self.reward_units * self.penalty_scale,
+                                   propagation=self.cfg.propagation))
         for res in results:
             if res.transitions:
                 self.store.add(**res.transitions)
@@ -193,10 +223,15 @@ class WorldModel:
 
 
 def make_world_model(cfg: WorldModelConfig, rollout_cfg: RolloutConfig, obs_dim: int, act_dim: int,
-                     env_id: str | None, device: torch.device) -> WorldModel:
+                     env_id: str | None, device: torch.device,
+                     ref_scores: tuple[float | None, float | None] = (None, None)) -> WorldModel:
+    """ref_scores: the dataset's (ref_min_score, ref_max_score), read by world_model.penalty_reward_units=d4rl."""
     if cfg.kind not in KINDS:
         raise ValueError(f"world_model.kind={cfg.kind!r} is unknown; choose one of {', '.join(KINDS)}.")
-    return WorldModel(cfg, rollout_cfg, obs_dim, act_dim, env_id, device)
+    units = 1.0
+    if cfg.penalty_reward_units == "d4rl" and not is_null(cfg, rollout_cfg):
+        units = d4rl_reward_units(env_id, *ref_scores)
+    return WorldModel(cfg, rollout_cfg, obs_dim, act_dim, env_id, device, reward_units=units)
 
 
 def make_dynamics(cfg: WorldModelConfig, obs_dim: int, act_dim: int, env_id: str | None,

@@ -131,6 +131,9 @@ def check_run_config(cfg: RunConfig) -> None:
             raise ConfigError(f"world_model.penalty_units={w.penalty_units!r} is not a dynamics estimator; choose "
                               "aleatoric, disagreement, ensemble_std or total_variance, or null (lambda multiplies "
                               "world_model.uncertainty itself).")
+        if w.penalty_reward_units not in (None, "d4rl"):
+            raise ConfigError(f"world_model.penalty_reward_units={w.penalty_reward_units!r}: choose d4rl (lambda in "
+                              "D4RL's reward units for the env) or null (lambda in this dataset's reward units).")
         if w.train_precision not in TRAIN_PRECISIONS:
             raise ConfigError(f"world_model.train_precision={w.train_precision!r}: choose one of "
                               f"{', '.join(TRAIN_PRECISIONS)}.")

@@ -88,8 +88,11 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     extra = {"dataset_id": dataset.dataset_id if dataset is not None else None, "env_id": env_id,
              "experiment": cfg.experiment, "device": str(device)}
     try:
-        world = make_world_model(cfg.world_model, cfg.rollout, spec.obs_dim, spec.act_dim, env_id, device)
+        world = make_world_model(cfg.world_model, cfg.rollout, spec.obs_dim, spec.act_dim, env_id, device,
+                                 ref_scores=refs)
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
+        if str(err).startswith("world_model.penalty_reward_units"):
+            raise ConfigError(str(err)) from err
         if not cfg.world_model.load_path:
             raise
         raise ConfigError(f"world_model.load_path={cfg.world_model.load_path} is not a saved dynamics model "
