@@ -11,7 +11,7 @@ import csv
 import pytest
 from conftest import AGENTS, MISSING_DATASET_ID, MODEL_BASED
 
-from worldmodels.data.minari_load import dataset_exists
+from worldmodels.data.minari_load import dataset_exists, load_offline_dataset
 from worldmodels.data.minari_write import recipe_dataset_id
 
 REQUIRED_SUMMARY = ("agent", "dataset_id", "seed", "offline_score", "online_score", "offline_return",
@@ -28,6 +28,8 @@ def test_agent_cli_end_to_end(agent_runs, tiny_dataset_id, name):
     assert set(REQUIRED_SUMMARY) <= set(summary)
     assert summary["agent"] == name and summary["dataset_id"] == tiny_dataset_id and summary["seed"] == 0
     assert summary["env_steps"] == 60
+    # the summary names the data it trained on, not only its ID (recipes are not bitwise portable across CPUs)
+    assert summary["dataset_sha256"] == load_offline_dataset(tiny_dataset_id).fingerprint()
     with (run_dir / "eval.csv").open() as f:
         evals = list(csv.DictReader(f))
     with (run_dir / "train.csv").open() as f:

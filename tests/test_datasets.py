@@ -195,6 +195,19 @@ def test_returns_to_go_hand_checked():
     np.testing.assert_allclose(ds2.returns_to_go(0.5)[:3], [1.0, 4.0, 4.0])
 
 
+def test_fingerprint_names_the_data_not_the_object(cheetah):
+    # equal data in fresh arrays -> the same fingerprint; one reward or one reference score changed -> another
+    copy = dataclasses.replace(cheetah, **{f: np.array(getattr(cheetah, f), copy=True) for f in
+                                          ("observations", "actions", "rewards", "next_observations")})
+    assert copy.fingerprint() == cheetah.fingerprint()
+    assert len(cheetah.fingerprint()) == 16
+    rewards = np.array(cheetah.rewards, copy=True)
+    rewards[len(rewards) // 2] += 1e-3
+    assert dataclasses.replace(cheetah, rewards=rewards).fingerprint() != cheetah.fingerprint()
+    assert dataclasses.replace(cheetah, ref_max_score=1.0 + (cheetah.ref_max_score or 0.0)).fingerprint() \
+        != cheetah.fingerprint()
+
+
 # ------------------------------------------------------------------------------ writing and IDs
 
 
