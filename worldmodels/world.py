@@ -94,7 +94,8 @@ def d4rl_reward_units(env_id: str | None, ref_min: float | None, ref_max: float 
                          f"{', '.join(D4RL_REF_SCORES)}); set world_model.penalty_reward_units=null.")
     if ref_min is None or ref_max is None or ref_max <= ref_min:
         raise ValueError(f"world_model.penalty_reward_units=d4rl needs the dataset's ref_min_score < ref_max_score "
-                         f"(got {ref_min}, {ref_max}); use a recipe dataset or set world_model.penalty_reward_units=null.")
+                         f"(got {ref_min}, {ref_max}); use a recipe dataset or set "
+                         "world_model.penalty_reward_units=null.")
     d4rl_min, d4rl_max = D4RL_REF_SCORES[name]
     return (ref_max - ref_min) / (d4rl_max - d4rl_min)
 

@@ -85,10 +85,9 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     spec = EnvSpec(env.observation_space.shape[0], env.action_space.shape[0], low, high)
     agent = agent_cls(cfg.agent, spec, device)
     refs = (dataset.ref_min_score, dataset.ref_max_score) if dataset is not None else (None, None)
-    extra = {"dataset_id": dataset.dataset_id if dataset is not None else None,
-             "dataset_sha256": dataset.fingerprint() if dataset is not None else None,
-             "ref_scores": list(refs) if dataset is not None else None, "env_id": env_id,
-             "experiment": cfg.experiment, "device": str(device)}
+    data_names = ({"dataset_id": dataset.dataset_id, "dataset_sha256": dataset.fingerprint(), "ref_scores": list(refs)}
+                  if dataset is not None else {"dataset_id": None, "dataset_sha256": None, "ref_scores": None})
+    extra = data_names | {"env_id": env_id, "experiment": cfg.experiment, "device": str(device)}
     try:
         world = make_world_model(cfg.world_model, cfg.rollout, spec.obs_dim, spec.act_dim, env_id, device,
                                  ref_scores=refs)

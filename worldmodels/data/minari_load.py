@@ -25,7 +25,6 @@ no spaces) and the ``-vN`` suffix is required in practice (``parse_dataset_id`` 
 from __future__ import annotations
 
 import hashlib
-
 import os
 import re
 import shutil
