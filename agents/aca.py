@@ -23,7 +23,9 @@ log-likelihood from running to -inf. Online, SAC's losses run on that Q (the pi_
 the critic's regression and a differentiable function of the action in the actor's), w falls linearly
 from `w_start` to `w_floor` over `w_decay_updates` online updates, the actor's gradient norm is clipped
 to 0.25, Z is no longer trained, and batches hold online rows only (configs/aca.yaml `sampler:
-online_only`). Optimizer states carry over the switch, as d3rlpy's `load_model` restores them.
+online_only`), the online store seeded at the switch with the 50 highest-return dataset episodes as the
+reference does for medium-replay, medium-expert and expert (`sampler.online_seed_top_episodes`; 0 for
+medium and random). Optimizer states carry over the switch, as d3rlpy's `load_model` restores them.
 
 The inherited SAC defaults are the reference's: lr 3e-4 (actor, critic, temperature), 256x2, 2 critics
 with the min target, gamma 0.99, tau 5e-3, temperature from 1, target entropy -|A| (`run_sacml.py`,

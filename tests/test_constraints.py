@@ -15,7 +15,7 @@ from agents.adaptive_bc import AdaptiveBC, AdaptiveBCConfig
 from agents.core.agent import EnvSpec
 from agents.td3bc import TD3BC, TD3BCConfig
 from agents.td3bc_pr import TD3BCPR, TD3BCPRConfig, pr_ft_alpha
-from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
+from worldmodels.data.samplers import SamplerConfig, Sources, check_sampler_config, make_sampler
 from worldmodels.data.store import Batch, TransitionStore
 from worldmodels.progress import EpisodeEnd, Progress
 
@@ -190,6 +190,46 @@ def test_seeding_puts_the_promised_offline_rows_in_the_online_store(fraction, mi
     again = stores()
     make_sampler(sampler.cfg, again).seed_online(torch.Generator().manual_seed(0))
     assert torch.equal(again.online.data["obs"], online.data["obs"])
+
+
+def episode_store() -> TransitionStore:
+    """Four episodes of lengths 3, 2, 4, 1 with returns 3, 10, -1, 7, ended by a terminal, a truncation,
+    a break in the obs chain only, and the data's end."""
+    rew = torch.tensor([1.0, 1, 1, 5, 5, 0, 0, 0, -1, 7])
+    obs = torch.arange(10, dtype=torch.float32)[:, None].expand(10, 3).clone()  # row id in obs
+    next_obs = obs + 1
+    next_obs[8] = 100.0  # row 8's successor is not row 9: the third episode ends there
+    terminal, truncated = torch.zeros(10), torch.zeros(10)
+    terminal[2], truncated[4] = 1.0, 1.0
+    return TransitionStore.from_tensors({"obs": obs, "act": torch.zeros(10, 2), "rew": rew, "next_obs": next_obs,
+                                         "terminal": terminal, "truncated": truncated}, device=CPU)
+
+
+@pytest.mark.parametrize(("k", "capacity", "rows"), [(2, 30, [3, 4, 9]), (3, 30, [3, 4, 9, 0, 1, 2]),
+                                                     (3, 4, [3, 4, 9, 0]), (50, 30, [3, 4, 9, 0, 1, 2, 5, 6, 7, 8])])
+def test_top_episode_seeding_copies_the_best_episodes_whole_best_first(k, capacity, rows):
+    offline = episode_store()
+    sources = Sources(offline, TransitionStore(capacity, 3, 2, CPU, source="online"))
+    sampler = make_sampler(SamplerConfig(kind="online_only", online_seed_top_episodes=k), sources)
+    assert sampler.seed_online(torch.Generator().manual_seed(0)) == len(rows)
+    online = sources.online
+    assert online.data["obs"][: len(rows), 0].long().tolist() == rows
+    for name in ("rew", "next_obs", "terminal", "truncated"):  # whole rows, flags included
+        assert torch.equal(online.data[name][: len(rows)], offline.data[name][rows])
+
+
+def test_seeding_options_are_checked():
+    assert "must be >= 0" in check_sampler_config(SamplerConfig(online_seed_top_episodes=-1))
+    both = check_sampler_config(SamplerConfig(online_seed_top_episodes=5, online_seed_min=10))
+    assert "set one of them to 0" in both
+    assert check_sampler_config(SamplerConfig(online_seed_top_episodes=5)) is None
+
+
+def test_aca_config_seeds_the_top_50_episodes():
+    cfg = compose_config("aca", [])
+    assert (cfg.sampler.kind, cfg.sampler.online_seed_top_episodes, cfg.sampler.online_seed_min) == (
+        "online_only", 50, 0)
+    assert compose_config("sac", []).sampler.online_seed_top_episodes == 0  # other agents unchanged
 
 
 def test_adaptive_bc_config_seeds_max_5_percent_or_50k():

@@ -20,6 +20,8 @@ from agents.core.entry import offline_store
 from agents.core.trainer import Trainer, seed_everything
 from agents.td3bc import TD3BC, TD3BCConfig
 from worldmodels.data.minari_load import load_offline_dataset
+from worldmodels.data.samplers import SamplerConfig, top_episode_rows
+from worldmodels.data.store import TransitionStore
 from worldmodels.envs import box_bounds
 
 CPU = torch.device("cpu")
@@ -38,7 +40,8 @@ def dataset(tiny_dataset_id):
     return load_offline_dataset(tiny_dataset_id)
 
 
-def make_trainer(run_dir: Path, dataset, init_seed: int = 0) -> Trainer:
+def make_trainer(run_dir: Path, dataset, init_seed: int = 0, sampler: SamplerConfig | None = None,
+                 offline: TransitionStore | None = None) -> Trainer:
     env = short_env()
     low, high = box_bounds(env)
     spec = EnvSpec(env.observation_space.shape[0], env.action_space.shape[0], low, high)
@@ -47,8 +50,9 @@ def make_trainer(run_dir: Path, dataset, init_seed: int = 0) -> Trainer:
     agent = TD3BC(TD3BCConfig(hidden=[32, 32]), spec, CPU)
     cfg = TrainerConfig(offline_updates=40, online_steps=40, checkpoint_every=20, eval_every=40,
                         eval_episodes=1, log_every=10, batch_size=64, progress=False)
-    return Trainer(agent, cfg, short_env, offline_store(dataset, CPU), run_dir, seed=0,
-                   ref_scores=(dataset.ref_min_score, dataset.ref_max_score), tensorboard=False)
+    offline = offline if offline is not None else offline_store(dataset, CPU)
+    return Trainer(agent, cfg, short_env, offline, run_dir, seed=0,
+                   ref_scores=(dataset.ref_min_score, dataset.ref_max_score), tensorboard=False, sampler=sampler)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -75,6 +79,21 @@ def assert_matches_uninterrupted(resumed: Trainer, summary: dict, uninterrupted)
     drop = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731 - wall clock
     assert drop(summary) == drop(ref_summary)
     assert summary["updates"] == 80 and summary["env_steps"] == 40
+
+
+def test_top_episode_seeds_survive_the_whole_online_phase(tmp_path, dataset):
+    # ACA's seeding: the online store holds the seeds plus every online step, so none is overwritten
+    offline = offline_store(dataset, CPU)
+    offline.data["truncated"][[99, 199]] = 1.0  # three episodes: rows 0-99, 100-199, 200-359
+    seeds = top_episode_rows(offline, 2)
+    assert 0 < len(seeds) < len(offline)
+    trainer = make_trainer(tmp_path, dataset, sampler=SamplerConfig(kind="online_only", online_seed_top_episodes=2),
+                           offline=offline)
+    trainer.run()
+    online = trainer.online
+    assert online.capacity == len(seeds) + 40 and online.size == online.capacity
+    for name in ("obs", "act", "rew", "next_obs", "terminal"):
+        assert torch.equal(online.data[name][: len(seeds)], offline.data[name][seeds]), name
 
 
 def test_uninterrupted_run_logs(uninterrupted):

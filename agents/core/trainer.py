@@ -48,7 +48,7 @@ from agents.core.config import TrainerConfig
 from agents.core.interrupt import graceful_interrupts
 from agents.core.logging import RunLogger, scalars
 from worldmodels.data.fields import add_fields, fill_episode, fill_offline
-from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
+from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler, online_seed_reserve
 from worldmodels.data.store import TransitionStore
 from worldmodels.envs import get_env_state, run_episodes, set_env_state
 from worldmodels.progress import EpisodeEnd, Progress
@@ -115,8 +115,10 @@ class Trainer:
             raise ValueError(f"trainer.offline_updates={cfg.offline_updates} but no offline dataset was given.")
         self.env = env_fn()
         spec = agent.spec
-        self.online = TransitionStore(max(cfg.online_steps, 1), spec.obs_dim, spec.act_dim, self.device,
-                                      source="online")
+        sampler = sampler or SamplerConfig()
+        # room for every online step, plus the top dataset episodes when they seed the store (ACA)
+        capacity = max(cfg.online_steps, 1) + (online_seed_reserve(sampler, offline) if cfg.online_steps else 0)
+        self.online = TransitionStore(capacity, spec.obs_dim, spec.act_dim, self.device, source="online")
         self.world = world  # None or null: model-free, rollouts never run
         # every store fills the per-transition fields the agent declared (Cal-QL's return-to-go)
         self.fields = agent.transition_fields()
@@ -127,7 +129,7 @@ class Trainer:
             fill_offline(offline, self.fields)
         sources = Sources(offline, self.online, self.world.store if self.model_based else None)
         real_ratio = self.world.rollout_cfg.real_ratio if self.model_based else 1.0
-        self.sampler = make_sampler(sampler or SamplerConfig(), sources, real_ratio)
+        self.sampler = make_sampler(sampler, sources, real_ratio)
         self.obs: np.ndarray | None = None
         self.on_evaluate: list[Callable[[Trainer, EvalResult], None]] = []  # e.g. policy snapshots
         self.stop_after: int | None = None  # testing aid: stop (as if killed) after this many checkpoints

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,6 +43,7 @@ from worldmodels.data.density_ratio import (
     check_density_ratio_config,
     initial_max_priority,
 )
+from worldmodels.data.fields import episode_ends
 from worldmodels.data.store import SOURCE_IDS, Batch, TransitionStore
 from worldmodels.data.sumtree import SumTree
 from worldmodels.progress import Progress
@@ -134,6 +136,10 @@ class SamplerConfig:
     # buffer with max(5%, 50k). 0 and 0: none
     online_seed_fraction: float = 0.0
     online_seed_min: int = 0
+    # every kind: instead, the rows of the k dataset episodes with the highest undiscounted return, best first; the
+    # online store grows by their number, so online rows never overwrite them (as in ACA's 1M-row buffer). ACA (Yu
+    # and Zhang 2023) seeds 50 for medium-replay/medium-expert/expert. 0: none
+    online_seed_top_episodes: int = 0
     # apl: the recent window holds the last `recent_size` online rows (APL0 online_size 20k, Zheng et al. 2023)
     recent_size: int = 20_000
     # apl: recent batches only once the window holds more than this many rows (APL0: 10k)
@@ -159,6 +165,11 @@ def check_sampler_config(cfg: SamplerConfig) -> str | None:
     if not 0.0 <= cfg.online_seed_fraction <= 1.0 or cfg.online_seed_min < 0:
         return (f"sampler.online_seed_fraction={cfg.online_seed_fraction} must lie in [0, 1] and "
                 f"sampler.online_seed_min={cfg.online_seed_min} be >= 0.")
+    if cfg.online_seed_top_episodes < 0:
+        return f"sampler.online_seed_top_episodes={cfg.online_seed_top_episodes} must be >= 0 (0: no seeding)."
+    if cfg.online_seed_top_episodes and (cfg.online_seed_fraction or cfg.online_seed_min):
+        return ("sampler.online_seed_top_episodes and sampler.online_seed_fraction/online_seed_min both seed the "
+                "online store; set one of them to 0.")
     if cfg.recent_size <= 0 or cfg.recent_min < 0:
         return f"sampler.recent_size={cfg.recent_size} must be positive and sampler.recent_min={cfg.recent_min} >= 0."
     if not 0.0 <= cfg.recent_prob <= 1.0:
@@ -185,6 +196,27 @@ def online_seed_rows(cfg: SamplerConfig, num_offline: int, capacity: int) -> int
     if num_offline == 0 or (cfg.online_seed_fraction == 0 and cfg.online_seed_min == 0):
         return 0
     return min(max(int(cfg.online_seed_fraction * num_offline), cfg.online_seed_min), capacity)
+
+
+def top_episode_rows(store: TransitionStore, k: int, capacity: int | None = None) -> Tensor:
+    """Row indices of the k episodes of `store` with the highest undiscounted return, best episode
+    first, each in its own order, cut to `capacity` rows (the lowest-ranked rows go). Episodes split as
+    `fields.episode_ends` splits them; equal returns keep dataset order."""
+    ends = episode_ends(store)
+    stops = np.flatnonzero(ends) + 1  # [E] one past each episode's last row
+    starts = np.concatenate([[0], stops[:-1]])
+    rew = store.data["rew"][: len(store)].double().cpu().numpy()
+    returns = np.add.reduceat(rew, starts)  # [E] undiscounted return per episode
+    best = np.argsort(-returns, kind="stable")[:k]
+    rows = np.concatenate([np.arange(starts[e], stops[e]) for e in best])[:capacity]
+    return torch.as_tensor(rows, dtype=torch.long, device=store.device)
+
+
+def online_seed_reserve(cfg: SamplerConfig, offline: TransitionStore | None) -> int:
+    """Rows the online store holds beyond the online budget: the top-episode seeds, kept for the whole run."""
+    if cfg.online_seed_top_episodes == 0 or offline is None or len(offline) == 0:
+        return 0
+    return len(top_episode_rows(offline, cfg.online_seed_top_episodes))
 
 
 class BatchSampler:
@@ -258,13 +290,21 @@ class BatchSampler:
                           torch.ones(len(self.sources.online), device=device)])
 
     def seed_online(self, generator: torch.Generator | None = None) -> int:
-        """At the switch, before the first env step: copy `online_seed_rows` offline rows (uniform, with
-        replacement) into the online store, which the checkpoint then carries. Returns their number."""
+        """At the switch, before the first env step: copy offline rows into the online store, which the
+        checkpoint then carries: the top `online_seed_top_episodes` episodes, or `online_seed_rows` rows
+        drawn uniformly with replacement. Returns their number."""
         offline, online = self.sources.offline, self.sources.online
-        n = online_seed_rows(self.cfg, len(offline) if offline is not None else 0, online.capacity)
-        if n > 0:
-            self.rows_added("online", online.add(**offline.gather(offline.sample_indices(n, generator)).as_dict()))
-        return n
+        if offline is None or len(offline) == 0:
+            return 0
+        if self.cfg.online_seed_top_episodes > 0:
+            idx = top_episode_rows(offline, self.cfg.online_seed_top_episodes, online.capacity)
+        else:
+            n = online_seed_rows(self.cfg, len(offline), online.capacity)
+            idx = offline.sample_indices(n, generator) if n > 0 else None
+        if idx is None or len(idx) == 0:
+            return 0
+        self.rows_added("online", online.add(**offline.gather(idx).as_dict()))
+        return len(idx)
 
     def rows_added(self, source: str, rows: Tensor) -> None:
         """New rows were written to a store (the priority sampler gives them a start priority)."""
