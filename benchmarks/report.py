@@ -5,7 +5,9 @@
 Every directory holding a summary.json below the given ones is a finished run (folders named
 `previous/`, the results a `resume=false` moved aside, are skipped); run directories without
 one are listed as unfinished. Runs are grouped by agent (the summary's `agent`) and dataset (its
-`dataset_id`); the seeds of a group are its runs.
+`dataset_id`); the seeds of a group are its runs. Runs whose data under one id differ (the summary's
+`dataset_sha256`: a recipe dataset rebuilt on another machine or with other code) are never pooled:
+each version becomes its own dataset row, named `id @sha`, and report.md says so.
 
 report.md holds:
 - one row per dataset, a column pair per agent: offline -> online normalized score, mean +- std
@@ -53,6 +55,8 @@ class Run:
     online: float | None  # final online evaluation
     evals: list[dict] = field(default_factory=list)  # eval.csv rows: step, phase, env_steps, normalized_score
     config: dict = field(default_factory=dict)  # run_config.yaml
+    dataset_id: str | None = None  # the Minari id (`dataset` also names the version when ids collide)
+    fingerprint: str | None = None  # the summary's dataset_sha256
 
     @property
     def online_evals(self) -> list[dict]:
@@ -109,8 +113,30 @@ def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Path]]:
             s = json.loads(summary_path.read_text())
             runs.append(Run(run_dir, s["agent"], s.get("dataset_id") or f"{s.get('env_id', '?')} (no data)",
                             int(s["seed"]), s.get("offline_score"), s.get("online_score"),
-                            read_evals(run_dir / "eval.csv"), OmegaConf.to_container(OmegaConf.load(cfg))))
-    return runs, unfinished
+                            read_evals(run_dir / "eval.csv"), OmegaConf.to_container(OmegaConf.load(cfg)),
+                            s.get("dataset_id"), s.get("dataset_sha256")))
+    return split_versions(runs), unfinished
+
+
+def split_versions(runs: list[Run]) -> list[Run]:
+    """Name a dataset `id @sha` wherever runs under one id trained on different data."""
+    versions: dict[str, set[str | None]] = defaultdict(set)
+    for r in runs:
+        versions[r.dataset].add(r.fingerprint)
+    for r in runs:
+        if len(versions[r.dataset]) > 1:
+            r.dataset = f"{r.dataset} @{r.fingerprint or 'unknown'}"
+    return runs
+
+
+def version_note(runs: list[Run]) -> str:
+    """One line per dataset id that the runs hold in more than one version, or ''."""
+    by_id: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        if r.dataset_id and r.dataset != r.dataset_id:
+            by_id[r.dataset_id].add(r.dataset)
+    return "\n".join(f"- `{i}` has {len(v)} versions among these runs ({', '.join(sorted(v))}): their seeds are "
+                     "not pooled; rebuild or copy one version to compare them." for i, v in sorted(by_id.items()))
 
 
 def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
@@ -217,13 +243,16 @@ def behaviour_table(groups) -> str:
     lines = ["| dataset | random return (ref_min) | expert return (ref_max) | medium target (recipe: 1/3 of the way) "
              "| data: mean episode return (normalized), episodes | built by |", "|---|---|---|---|---|---|"]
     for dataset, by_agent in groups.items():
-        cfg = next(iter(by_agent.values()))[0].config.get("dataset", {})
+        first = next(iter(by_agent.values()))[0]
+        cfg, fingerprint = first.config.get("dataset", {}), first.fingerprint
         recipe = (f"recipe: {cfg.get('quality')}, {cfg.get('size')} transitions, SAC behaviour run of "
                   f"{cfg.get('train_steps')} env steps, seed {cfg.get('seed')}") if cfg.get("id") is None else "given"
         try:
-            if not dataset_exists(dataset):
+            if not first.dataset_id or not dataset_exists(first.dataset_id):
                 raise DatasetError("not in the local Minari store")
-            ds = load_offline_dataset(dataset, download=False, check=False)
+            ds = load_offline_dataset(first.dataset_id, download=False, check=False)
+            if fingerprint is not None and ds.fingerprint() != fingerprint:
+                raise DatasetError(f"the local copy is another version (sha256 {ds.fingerprint()})")
         except (DatasetError, ValueError) as err:
             lines.append(f"| {dataset} | ? | ? | ? | not readable here ({str(err).splitlines()[0][:80]}) | {recipe} |")
             continue
@@ -335,6 +364,7 @@ def make_report(dirs: list[Path], out: Path, reps: int = 2000, seed: int = 0, he
         f"{len(runs)} finished runs: {len(agents)} agents x {len(groups)} datasets. Scores are D4RL-normalized "
         "(0 = random policy, 100 = the dataset's expert). Bootstrap: "
         f"{reps} resamples, seed {seed}.",
+        version_note(runs),
         "## Offline -> online score (mean ± std over seeds, population std)", score_table(groups, agents),
         "## Criteria per agent",
         "(1) final offline evaluation; (2) lowest online evaluation minus (1); (3) online env steps until an "

@@ -82,7 +82,7 @@ RUNS = {
 }
 
 
-def write_run(path, agent, dataset, seed, offline, online):
+def write_run(path, agent, dataset, seed, offline, online, sha=None):
     path.mkdir(parents=True)
     (path / "run_config.yaml").write_text(f"seed: {seed}\ndataset:\n  id: {dataset}\n")
     rows = []
@@ -95,7 +95,7 @@ def write_run(path, agent, dataset, seed, offline, online):
         w.writerow(["step", "phase", "return", "env_steps", "normalized_score"])
         w.writerows([step, phase, 10 * score, env, score] for step, phase, env, score in rows)
     summary = {"agent": agent, "dataset_id": dataset, "seed": seed, "offline_score": offline,
-               "online_score": online[-1]}
+               "online_score": online[-1], "dataset_sha256": sha}
     (path / "summary.json").write_text(json.dumps(summary))
 
 
@@ -147,6 +147,23 @@ def test_report_numbers_are_the_hand_computed_ones(runs_dir, tmp_path):
     assert "99.0" not in text and "cut-off" in text.split("## Unfinished runs")[1]
     assert sorted(p.name for p in out.glob("*.png")) == ["aggregate.png", "curve_test_d1-v0.png",
                                                          "curve_test_d2-v0.png"]
+
+
+def test_runs_on_two_versions_of_one_dataset_are_not_pooled(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (sha, off) in enumerate([("aaaa", 10.0), ("aaaa", 20.0), ("bbbb", 70.0)]):
+        write_run(root / f"s{seed}", "a", "test/d1-v0", seed, off, [off, off, off], sha=sha)
+    out = tmp_path / "report"
+    assert R.main([str(root), f"out={out}", "reps=50"]) == 0
+    text = (out / "report.md").read_text()
+    assert row(text, "test/d1-v0 @aaaa")[1:3] == ["15.0 ± 5.0", "15.0 ± 5.0"]
+    assert row(text, "test/d1-v0 @bbbb")[1:3] == ["70.0", "70.0"]
+    assert "`test/d1-v0` has 2 versions" in text
+    # one version only: the plain id, no note
+    (root / "s2" / "summary.json").unlink()
+    assert R.main([str(root), f"out={out}", "reps=50"]) == 0
+    text = (out / "report.md").read_text()
+    assert row(text, "test/d1-v0")[1] == "15.0 ± 5.0" and "versions among" not in text
 
 
 def test_curve_is_the_mean_over_seeds_at_each_step(runs_dir):
