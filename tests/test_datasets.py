@@ -420,3 +420,19 @@ def test_validate_wrong_environment(cheetah):
     with pytest.raises(DatasetError, match="field 'observations'.*same environment"):
         validate(cheetah, env.observation_space, env.action_space)
     env.close()
+
+
+def test_recipe_refuses_a_behaviour_run_that_stopped_short(tmp_path, monkeypatch):
+    from worldmodels.data.recipes import BehaviourRun, Recipe, build
+
+    class StoppedShort:  # a learner whose run ends before its last step, without saying so
+        name = "stub"
+
+        def train(self, env_id, steps, seed, run_dir, device, progress):
+            return BehaviourRun([{"env_steps": steps // 2, "return": 1.0}], {})
+
+    monkeypatch.setenv("O2O_CACHE", str(tmp_path))
+    recipe = Recipe("HalfCheetah-v5", "medium-replay", size=100, train_steps=1000, seed=11)
+    with pytest.raises(RuntimeError, match="ends at env step 500, not 1000"):
+        build(recipe, StoppedShort())
+    assert not dataset_exists(recipe.dataset_id)

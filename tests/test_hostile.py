@@ -463,7 +463,7 @@ def test_second_sigint_force_quits_and_handlers_come_back(own_handlers):
 # ==============================================================================================
 # CLI-level cases: what a user sees from `python -m agents.<name>` (every new entry point joins)
 # ==============================================================================================
-from conftest import Pending, agent_cmd  # noqa: E402
+from conftest import Pending, agent_cmd, run_cli  # noqa: E402
 
 MARKER_SCRIPT = "the file's author ran code here"
 
@@ -697,3 +697,29 @@ def test_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tm
     kept = load_checkpoint(tmp_path / "checkpoint.pt", "cpu")
     assert kept["trainer"]["offline_updates"] == 20  # the checkpoint before the divergence, untouched
     assert first_non_finite({k: v for k, v in kept["agent"].items() if isinstance(v, torch.Tensor)}) is None
+
+
+# --- a signal while a recipe's behaviour run trains ------------------------------------------------
+def test_sigterm_during_the_behaviour_run_writes_no_dataset_and_resumes(tmp_path):
+    """A dataset built from part of the behaviour run would carry the full run's name: a signal must
+    leave no dataset, and the same command must finish the run and build it."""
+    from worldmodels.data.minari_load import dataset_exists
+    from worldmodels.data.recipes import Recipe, cache_root
+
+    recipe = Recipe("HalfCheetah-v5", "medium-replay", size=500, train_steps=1200, seed=7)  # used by no other test
+    cmd = [sys.executable, "-m", "agents.tools.make_dataset", *(f"{k}={v}" for k, v in vars(recipe).items())]
+    log = cache_root() / "behaviour" / "HalfCheetah-v5-t1200-seed7" / "train.csv"
+    pending = Pending(cmd).start()
+    deadline = time.time() + 240
+    while not log.exists() or len(log.read_text().splitlines()) < 2:  # the first log row: 1000 env steps done
+        assert time.time() < deadline and pending.proc.poll() is None, pending.result().describe()
+        time.sleep(0.2)
+    pending.proc.send_signal(signal.SIGTERM)
+    result = pending.result()
+    assert result.returncode == 128 + signal.SIGTERM, result.describe()
+    last = result.stderr.strip().splitlines()[-1]
+    assert "SIGTERM" in last and "of 1200" in last and "resume" in last, last
+    assert not dataset_exists(recipe.dataset_id)
+    again = run_cli(cmd)
+    assert again.returncode == 0, again.describe()
+    assert again.stdout.strip().splitlines()[-1] == recipe.dataset_id and dataset_exists(recipe.dataset_id)

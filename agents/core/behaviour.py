@@ -18,7 +18,7 @@ from agents.core.config import TrainerConfig
 from agents.core.networks import TanhGaussianActor
 from agents.core.trainer import EvalResult, Trainer
 from agents.sac import SAC, SACConfig
-from worldmodels.data.recipes import BehaviourRun, Policy
+from worldmodels.data.recipes import BehaviourInterrupted, BehaviourRun, Policy
 from worldmodels.envs import box_bounds, make_env
 
 
@@ -54,6 +54,8 @@ class SACBehaviour:
         trainer = Trainer(agent, cfg, lambda: make_env(env_id), None, run_dir, seed=seed, tensorboard=False)
         trainer.on_evaluate.append(snapshot)
         trainer.run()  # resumes from run_dir/checkpoint.pt; a finished run returns at once
+        if trainer.interrupted:
+            raise BehaviourInterrupted(trainer.interrupted, trainer.state.env_steps, steps, run_dir)
         snapshots = [load_checkpoint(p, "cpu") for p in sorted(snapshot_dir.glob("*.pt"))]  # plain data only
         return BehaviourRun(snapshots, trainer.online.valid())
 

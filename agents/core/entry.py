@@ -29,7 +29,7 @@ from agents.core.config import ConfigError, RunConfig, check_run_config, resolve
 from agents.core.rundir import RunDirError, RunLock, prepare_run_dir
 from agents.core.trainer import Trainer, seed_everything
 from worldmodels.data.minari_load import DatasetError, OfflineDataset, load_offline_dataset
-from worldmodels.data.recipes import Recipe, build
+from worldmodels.data.recipes import BehaviourInterrupted, Recipe, build
 from worldmodels.data.store import TransitionStore
 from worldmodels.data.validate import validate
 from worldmodels.envs import box_bounds, make_env
@@ -128,6 +128,9 @@ def execute(agent_cls: type[Agent], cfg, run_dir: Path) -> dict:
     except USER_ERRORS as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except BehaviourInterrupted as err:  # a signal while the recipe's behaviour run trained: no dataset yet
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(128 + int(getattr(signal, err.signal_name)))
     if trainer.interrupted:
         print(f"stopped by {trainer.interrupted} at update {trainer.state.updates}, env step "
               f"{trainer.state.env_steps}; the checkpoint in {run_dir} is current: run the same command to resume.",

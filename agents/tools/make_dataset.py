@@ -10,12 +10,13 @@ the dataset's Minari ID, to pass as `dataset.id=...` to any agent.
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import fields
 
 from agents.core.behaviour import SACBehaviour
 from agents.core.config import ConfigError, resolve_device
-from worldmodels.data.recipes import QUALITIES, Recipe, build
+from worldmodels.data.recipes import QUALITIES, BehaviourInterrupted, Recipe, build
 
 USAGE = (
     "usage: python -m agents.tools.make_dataset env_id=ENV quality=Q [size=N] [train_steps=N] [seed=N] [device=D]"
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> str:
         dataset_id = build(recipe, SACBehaviour(), resolve_device(device))
     except (ConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    except BehaviourInterrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(128 + int(getattr(signal, err.signal_name)))
     print(dataset_id)
     return dataset_id
 

@@ -45,6 +45,16 @@ REF_EPISODES = 10  # episodes behind each reference score
 Policy = Callable[[Tensor], Tensor]  # obs [B, obs_dim] -> act [B, act_dim], env units
 
 
+class BehaviourInterrupted(RuntimeError):
+    """A signal stopped the behaviour run before its last step: its checkpoint is current, and no
+    dataset was written (one from a part of the run would carry the full run's name)."""
+
+    def __init__(self, signal_name: str, env_steps: int, steps: int, run_dir: Path):
+        super().__init__(f"the behaviour run was stopped by {signal_name} at env step {env_steps} of {steps}; "
+                         f"its checkpoint in {run_dir} is current: run the same command to resume it.")
+        self.signal_name = signal_name
+
+
 @dataclass
 class BehaviourRun:
     """What a behaviour run leaves behind for the recipe."""
@@ -64,7 +74,8 @@ class BehaviourLearner(Protocol):
 
     def train(self, env_id: str, steps: int, seed: int, run_dir: Path, device: torch.device,
               progress: bool) -> BehaviourRun:
-        """Train for `steps` env steps in `run_dir`, resuming there if interrupted; snapshot every evaluation."""
+        """Train for `steps` env steps in `run_dir`, resuming there if interrupted; snapshot every evaluation.
+        Stopped by a signal: checkpoint and raise `BehaviourInterrupted`."""
         ...
 
     def policy(self, env_id: str, snapshot: dict | None, device: torch.device, deterministic: bool = False) -> Policy:
@@ -137,6 +148,10 @@ def train_behaviour(recipe: Recipe, learner: BehaviourLearner, run_dir: Path, de
                     progress: bool) -> Behaviour:
     """The behaviour run, its reference scores and the medium snapshot (D4RL: a third of the way to expert)."""
     run = learner.train(recipe.env_id, recipe.train_steps, recipe.seed, run_dir, device, progress)
+    last = run.snapshots[-1]["env_steps"] if run.snapshots else 0
+    if last != recipe.train_steps:  # any learner: never build a dataset from part of its run
+        raise RuntimeError(f"the behaviour run in {run_dir} ends at env step {last}, not {recipe.train_steps}; "
+                           "delete that folder to train it again.")
 
     def returns(policy: Policy, seed: int) -> float:
         return float(run_episodes(lambda: make_env(recipe.env_id), policy, REF_EPISODES, seed, device).returns.mean())
