@@ -14,7 +14,8 @@ report.md holds:
   over seeds;
 - per agent and dataset the three criteria: (1) the offline score, (2) the dip = the lowest online
   evaluation minus the offline score, (3) the online env steps until an online evaluation first
-  reaches 90% of the final online score (n/a when the final score is not positive);
+  reaches 90% of the final online score (n/a when the final score is not positive); and the last
+  offline evaluation minus the best one (a collapse inside the offline phase);
 - per agent aggregates across datasets with stratified bootstrap 95% intervals
   (benchmarks/estimators.py): IQM, mean, optimality gap, and P(online > offline);
 - the datasets' behaviour-policy returns (random = ref_min, expert = ref_max, the recipe's
@@ -76,6 +77,12 @@ class Run:
         if self.online is None or self.online <= 0:
             return None
         return next((r["env_steps"] for r in self.online_evals if r["score"] >= 0.9 * self.online), None)
+
+    @property
+    def offline_drop(self) -> float | None:
+        """Last offline evaluation minus the best one (0: the offline phase ended at its best)."""
+        scores = [r["score"] for r in self.evals if r["phase"] == 0 and r["score"] is not None]
+        return scores[-1] - max(scores) if scores else None
 
     @property
     def switch_step(self) -> int:
@@ -170,14 +177,15 @@ def score_table(groups, agents: list[str]) -> str:
 
 
 def criteria_table(groups, agents: list[str]) -> str:
-    lines = ["| agent | dataset | seeds | (1) offline score | (2) dip | (3) env steps to 90% of final |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| agent | dataset | seeds | (1) offline score | (2) dip | (3) env steps to 90% of final "
+             "| last - best offline evaluation |", "|---|---|---|---|---|---|---|"]
     for a in agents:
         for dataset, by_agent in groups.items():
             rs = by_agent.get(a)
             if rs:
                 lines.append(f"| {a} | {dataset} | {len(rs)} | {mean_std([r.offline for r in rs])} | "
-                             f"{mean_std([r.dip for r in rs])} | {mean_std([r.steps_to_90 for r in rs], '{:.0f}')} |")
+                             f"{mean_std([r.dip for r in rs])} | {mean_std([r.steps_to_90 for r in rs], '{:.0f}')} | "
+                             f"{mean_std([r.offline_drop for r in rs])} |")
     return "\n".join(lines)
 
 
@@ -368,7 +376,8 @@ def make_report(dirs: list[Path], out: Path, reps: int = 2000, seed: int = 0, he
         "## Offline -> online score (mean ± std over seeds, population std)", score_table(groups, agents),
         "## Criteria per agent",
         "(1) final offline evaluation; (2) lowest online evaluation minus (1); (3) online env steps until an "
-        "online evaluation first reaches 90% of the final online score (n/a when that score is not positive). "
+        "online evaluation first reaches 90% of the final online score (n/a when that score is not positive); "
+        "last - best offline evaluation: how far the offline phase fell from its best before the switch. "
         "Mean ± std over seeds; (k/n) when only k of n seeds define the value.",
         criteria_table(groups, agents),
         "## Aggregates across datasets (stratified bootstrap 95% intervals)",

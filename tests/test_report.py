@@ -88,7 +88,7 @@ def write_run(path, agent, dataset, seed, offline, online, sha=None):
     rows = []
     switch = OFFLINE_STEPS if offline is not None else 0
     if offline is not None:
-        rows += [(50, 0, 0, offline - 3), (OFFLINE_STEPS, 0, 0, offline)]
+        rows += [(50, 0, 0, offline + 2 * seed), (OFFLINE_STEPS, 0, 0, offline)]  # last - best: 0, -2, -4
     rows += [(switch + e, 1, e, s) for e, s in zip((50, 100, 150), online, strict=True)]
     with (path / "eval.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -128,10 +128,11 @@ def test_report_numbers_are_the_hand_computed_ones(runs_dir, tmp_path):
     # criteria: dips (5-10, 15-20, 20-30) = (-5, -5, -10); steps to 90% of (14, 30, 50): 100, 100, 150
     lines = [ln for ln in text.splitlines() if ln.startswith("| a | test/d1-v0 |")]
     assert [c.strip() for c in lines[0].strip("|").split("|")] == ["a", "test/d1-v0", "3", "20.0 ± 8.2", "-6.7 ± 2.4",
-                                                                    "117 ± 24"]
+                                                                    "117 ± 24", "-2.0 ± 1.6"]
     lines = [ln for ln in text.splitlines() if ln.startswith("| b | test/d1-v0 |")]
     # b: no offline score, so no dip; seed 1's final score is negative: steps to 90% defined for 1 of 2 seeds
-    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["b", "test/d1-v0", "2", "n/a", "n/a", "150 (1/2)"]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["b", "test/d1-v0", "2", "n/a", "n/a", "150 (1/2)",
+                                                                    "n/a"]
     # aggregates of a: online runs (14, 30, 50 | 80, 60, 90): IQM mean(30, 50, 60, 80) = 55, mean of task means
     # (31.33 + 76.67) / 2 = 54, optimality gap 100 - 54 = 46; offline IQM mean(20, 30, 50, 60) = 40;
     # P(online > offline) = (6.5/9 + 7.5/9) / 2 = 0.78
@@ -172,7 +173,8 @@ def test_curve_is_the_mean_over_seeds_at_each_step(runs_dir):
     a = groups["test/d1-v0"]["a"]
     steps, mean, lo, hi = R.curve(a, reps=100, seed=0)
     assert steps.tolist() == [50, 100, 150, 200, 250]
-    assert mean.tolist() == pytest.approx([17.0, 20.0, 20.0, 61 / 3, 94 / 3])  # e.g. step 150: (5 + 15 + 40) / 3
+    # e.g. step 50: (10 + 22 + 34) / 3, step 150: (5 + 15 + 40) / 3
+    assert mean.tolist() == pytest.approx([22.0, 20.0, 20.0, 61 / 3, 94 / 3])
     assert np.all(lo <= mean) and np.all(mean <= hi) and lo[-1] < hi[-1]
     assert {r.switch_step for r in a} == {OFFLINE_STEPS}
     assert {r.switch_step for r in groups["test/d1-v0"]["b"]} == {0}
