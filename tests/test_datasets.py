@@ -16,6 +16,7 @@ import gymnasium as gym
 import minari
 import numpy as np
 import pytest
+import torch
 
 from worldmodels.data import minari_load
 from worldmodels.data.minari_load import DatasetError, OfflineDataset, dataset_exists, load_offline_dataset
@@ -242,8 +243,8 @@ def test_recipe_dataset_id_is_valid_and_unique():
     from minari.dataset.minari_dataset import parse_dataset_id
 
     ds_id = recipe_dataset_id("HalfCheetah-v5", "medium-replay", 20000, 30000, 0)
-    assert ds_id == "o2o/HalfCheetah-v5/medium-replay-s20000-t30000-seed0-v0"
-    assert parse_dataset_id(ds_id) == ("o2o/HalfCheetah-v5", "medium-replay-s20000-t30000-seed0", 0)
+    assert ds_id == "o2o/HalfCheetah-v5/medium-replay-s20000-t30000-seed0-v1"
+    assert parse_dataset_id(ds_id) == ("o2o/HalfCheetah-v5", "medium-replay-s20000-t30000-seed0", 1)
     ids = {
         recipe_dataset_id(e, q, s, t, seed)
         for e in ("HalfCheetah-v5", "Hopper-v5", "dm.cheetah:run-v0", "dm_cheetah_run-v0")
@@ -436,3 +437,29 @@ def test_recipe_refuses_a_behaviour_run_that_stopped_short(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="ends at env step 500, not 1000"):
         build(recipe, StoppedShort())
     assert not dataset_exists(recipe.dataset_id)
+
+
+def test_recipe_picks_expert_and_medium_among_trained_snapshots(tmp_path):
+    """The 30k-step Hopper run of 2026-12-04: its final policy (352) is far below its best (712), and the
+    snapshot closest to a third of the way to the final one was the untrained one at the end of the 3000-step
+    warm-up, which cut medium-replay inside the random actions."""
+    import json
+
+    from worldmodels.data.recipes import BehaviourRun, Recipe, train_behaviour
+
+    returns = {3000: 55.0, 6000: 238.0, 9000: 322.0, 12000: 712.0, 21000: 712.0, 30000: 352.0}
+    snapshots = [{"env_steps": e, "return": r} for e, r in returns.items()]
+
+    class Finished:
+        name = "stub"
+
+        def train(self, env_id, steps, seed, run_dir, device, progress):
+            return BehaviourRun(snapshots, {}, warmup_steps=3000)
+
+    # reference returns measured before for that expert: no episodes are run here
+    (tmp_path / "reference_scores.json").write_text(json.dumps({"random": 18.0, "expert": 700.0,
+                                                                "expert_env_steps": 21000}))
+    b = train_behaviour(Recipe("Hopper-v5", train_steps=30000), Finished(), tmp_path, torch.device("cpu"), False)
+    assert b.expert["env_steps"] == 21000  # the best; the later of two equal returns
+    assert b.medium["env_steps"] == 6000  # target 18 + 682 / 3 = 245.3: 238 at 6000, not 55 at 3000 (untrained)
+    assert (b.random_return, b.expert_return) == (18.0, 700.0)

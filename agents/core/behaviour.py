@@ -57,7 +57,7 @@ class SACBehaviour:
         if trainer.interrupted:
             raise BehaviourInterrupted(trainer.interrupted, trainer.state.env_steps, steps, run_dir)
         snapshots = [load_checkpoint(p, "cpu") for p in sorted(snapshot_dir.glob("*.pt"))]  # plain data only
-        return BehaviourRun(snapshots, trainer.online.valid())
+        return BehaviourRun(snapshots, trainer.online.valid(), warmup_steps=cfg.warmup_steps)
 
     def policy(self, env_id: str, snapshot: dict | None, device: torch.device, deterministic: bool = False) -> Policy:
         env = make_env(env_id)

@@ -34,9 +34,12 @@ def _sanitize_part(text: str, what: str) -> str:
     return clean
 
 
+RECIPE_VERSION = 1  # the recipe's version is the Minari id's: a changed recipe never reuses cached data
+
+
 def recipe_dataset_id(env_id: str, quality: str, size: int, train_steps: int, seed: int) -> str:
     """Minari ID for a D4RL-style recipe dataset, e.g.
-    ``o2o/HalfCheetah-v5/medium-replay-s20000-t30000-seed0-v0``.
+    ``o2o/HalfCheetah-v5/medium-replay-s20000-t30000-seed0-v1``.
 
     The env id becomes a namespace part; characters Minari does not accept are replaced by
     ``_`` and a short hash of the original string is appended to keep IDs unique.
@@ -46,7 +49,9 @@ def recipe_dataset_id(env_id: str, quality: str, size: int, train_steps: int, se
             raise ValueError(f"recipe_dataset_id: {name} must be a non-negative int, got {v!r}")
     env_part = _sanitize_part(str(env_id), "env")
     q_part = _sanitize_part(str(quality), "quality").replace("/", "_")
-    dataset_id = f"o2o/{env_part}/{q_part}-s{int(size)}-t{int(train_steps)}-seed{int(seed)}-v0"
+    # v1 (2026-12-04): the expert is the best trained snapshot and the medium one is never taken in the
+    # warm-up; v0 took the final snapshot as expert and could cut medium-replay inside the random warm-up
+    dataset_id = f"o2o/{env_part}/{q_part}-s{int(size)}-t{int(train_steps)}-seed{int(seed)}-v{RECIPE_VERSION}"
     assert DATASET_ID_PATTERN.fullmatch(dataset_id), dataset_id
     return dataset_id
 

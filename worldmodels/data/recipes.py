@@ -6,9 +6,13 @@ The recipe follows D4RL (Fu et al. 2020, section 5): one SAC behaviour run per
 it is passed in (a `BehaviourLearner`; the agents' SAC is agents/core/behaviour.py), so this
 layer never imports the agents.
 
-- expert: rollouts of the final policy;
-- medium: rollouts of the snapshot whose return is closest to one third of the way from
-  the random policy's return to the expert's (D4RL: "about a third of the expert");
+- expert: rollouts of the best trained snapshot (highest evaluation return; D4RL trains SAC to
+  completion and takes its final policy, but a short run's final policy can be far below its best:
+  a 30k-step Hopper run peaked at 712 and ended at 352);
+- medium: rollouts of the trained snapshot whose return is closest to one third of the way from
+  the random policy's return to the expert's (D4RL: "about a third of the expert"). Snapshots taken
+  during the learner's random warm-up are never medium (nor expert): they are untrained policies, and
+  a medium-replay cut there would hold random actions only;
 - medium-replay: the behaviour run's replay buffer up to that snapshot (the last `size`
   transitions of it when it is longer);
 - medium-expert: half medium, half expert rollouts;
@@ -61,6 +65,18 @@ class BehaviourRun:
 
     snapshots: list[dict]  # in training order; each has "env_steps" and "return", the rest is the learner's
     replay: dict[str, Tensor]  # its transitions, oldest first: obs, act, rew, next_obs, terminal, truncated
+    warmup_steps: int = 0  # env steps of random actions before any update: snapshots up to it are untrained
+
+
+def trained(run: BehaviourRun) -> list[dict]:
+    """The snapshots taken after the warm-up (all of them if none was)."""
+    return [s for s in run.snapshots if s["env_steps"] > run.warmup_steps] or run.snapshots
+
+
+def expert_snapshot(run: BehaviourRun) -> dict:
+    """The trained snapshot of highest evaluation return (the later one on a tie)."""
+    candidates = trained(run)
+    return max(reversed(candidates), key=lambda s: s["return"])
 
 
 class BehaviourLearner(Protocol):
@@ -142,6 +158,7 @@ class Behaviour:
     random_return: float
     expert_return: float
     medium: dict  # the chosen medium snapshot
+    expert: dict  # the chosen expert snapshot
 
 
 def train_behaviour(recipe: Recipe, learner: BehaviourLearner, run_dir: Path, device: torch.device,
@@ -156,23 +173,23 @@ def train_behaviour(recipe: Recipe, learner: BehaviourLearner, run_dir: Path, de
     def returns(policy: Policy, seed: int) -> float:
         return float(run_episodes(lambda: make_env(recipe.env_id), policy, REF_EPISODES, seed, device).returns.mean())
 
+    expert_at = expert_snapshot(run)
     refs_path = run_dir / "reference_scores.json"  # shared by every quality built from this run
-    if refs_path.exists():
-        refs = json.loads(refs_path.read_text())
-    else:
+    refs = json.loads(refs_path.read_text()) if refs_path.exists() else {}
+    if refs.get("expert_env_steps") != expert_at["env_steps"]:  # absent, or cached for another expert
         random_return = returns(learner.policy(recipe.env_id, None, device), 1_000_000 + recipe.seed)
         # Building a policy may draw from the global RNG (network init) and the deterministic expert
         # draws nothing else: fork, so the collection below sees the same stream whether or not the
         # scores were cached.
         with torch.random.fork_rng(devices=[]):
-            expert = learner.policy(recipe.env_id, run.snapshots[-1], device, deterministic=True)
+            expert = learner.policy(recipe.env_id, expert_at, device, deterministic=True)
             expert_return = returns(expert, 2_000_000 + recipe.seed)
-        refs = {"random": random_return, "expert": expert_return}
+        refs = {"random": random_return, "expert": expert_return, "expert_env_steps": expert_at["env_steps"]}
         refs_path.write_text(json.dumps(refs))
     random_return, expert_return = refs["random"], refs["expert"]
     target = random_return + (expert_return - random_return) / 3
-    medium = min(run.snapshots, key=lambda s: abs(s["return"] - target))
-    return Behaviour(run.snapshots, run.replay, random_return, expert_return, medium)
+    medium = min(trained(run), key=lambda s: abs(s["return"] - target))
+    return Behaviour(run.snapshots, run.replay, random_return, expert_return, medium, expert_at)
 
 
 def collect(recipe: Recipe, learner: BehaviourLearner, behaviour: Behaviour, device: torch.device) -> list[dict]:
@@ -188,17 +205,17 @@ def collect(recipe: Recipe, learner: BehaviourLearner, behaviour: Behaviour, dev
                             record=True, max_transitions=n, num_envs=num_envs).episodes
 
     seed = 3_000_000 + recipe.seed
-    final = behaviour.snapshots[-1]
+    expert = behaviour.expert
     match recipe.quality:
         case "random":
             return rollouts(None, recipe.size, seed)
         case "medium":
             return rollouts(behaviour.medium, recipe.size, seed)
         case "expert":
-            return rollouts(final, recipe.size, seed)
+            return rollouts(expert, recipe.size, seed)
         case "medium-expert":
             half = recipe.size // 2
-            return rollouts(behaviour.medium, half, seed) + rollouts(final, recipe.size - half, seed + 1)
+            return rollouts(behaviour.medium, half, seed) + rollouts(expert, recipe.size - half, seed + 1)
         case "medium-replay":
             end = behaviour.medium["env_steps"]
             rows = {k: v[max(0, end - recipe.size): end].cpu().numpy() for k, v in behaviour.replay.items()}
