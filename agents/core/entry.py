@@ -130,7 +130,7 @@ def execute(agent_cls: type[Agent], cfg, run_dir: Path) -> dict:
         sys.exit(2)
     except BehaviourInterrupted as err:  # a signal while the recipe's behaviour run trained: no dataset yet
         print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(128 + int(getattr(signal, err.signal_name)))
+        sys.exit(err.exit_status)
     if trainer.interrupted:
         print(f"stopped by {trainer.interrupted} at update {trainer.state.updates}, env step "
               f"{trainer.state.env_steps}; the checkpoint in {run_dir} is current: run the same command to resume.",

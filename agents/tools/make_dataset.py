@@ -10,7 +10,6 @@ the dataset's Minari ID, to pass as `dataset.id=...` to any agent.
 
 from __future__ import annotations
 
-import signal
 import sys
 from dataclasses import fields
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"error: {err}") from None
     except BehaviourInterrupted as err:
         print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(128 + int(getattr(signal, err.signal_name)))
+        sys.exit(err.exit_status)
     print(dataset_id)
     return dataset_id
 

@@ -47,6 +47,13 @@ def episode_ends(store: TransitionStore) -> np.ndarray:
     return ends.numpy()
 
 
+def episode_spans(ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops) [E] of the episodes that `ends` ([N], as `episode_ends` gives) delimits; stop is one
+    past an episode's last row."""
+    stops = np.flatnonzero(ends) + 1
+    return np.concatenate([[0], stops[:-1]]).astype(np.int64), stops
+
+
 @dataclass(frozen=True)
 class ReturnToGo:
     """Discounted Monte-Carlo return G_t = r_t + gamma (1 - terminal_t) G_{t+1}, zero after an
@@ -71,9 +78,7 @@ class ReturnToGo:
             g = rew[t] + self.gamma * (1.0 - terminal[t]) * g
             out[t] = g
         if self.sparse_negative is not None:
-            starts = np.concatenate([[0], np.flatnonzero(ends[:-1]) + 1])
-            stops = np.flatnonzero(ends) + 1
-            for a, b in zip(starts, stops, strict=True):
+            for a, b in zip(*episode_spans(ends), strict=True):
                 if np.all(rew[a:b] == self.sparse_negative):
                     out[a:b] = self.sparse_negative / (1.0 - self.gamma)
         return out.astype(np.float32)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ class BehaviourInterrupted(RuntimeError):
         super().__init__(f"the behaviour run was stopped by {signal_name} at env step {env_steps} of {steps}; "
                          f"its checkpoint in {run_dir} is current: run the same command to resume it.")
         self.signal_name = signal_name
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number, as a shell reports a process the signal stopped."""
+        return 128 + int(getattr(signal, self.signal_name))
 
 
 @dataclass

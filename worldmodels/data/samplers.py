@@ -43,7 +43,7 @@ from worldmodels.data.density_ratio import (
     check_density_ratio_config,
     initial_max_priority,
 )
-from worldmodels.data.fields import episode_ends
+from worldmodels.data.fields import episode_ends, episode_spans
 from worldmodels.data.store import SOURCE_IDS, Batch, TransitionStore
 from worldmodels.data.sumtree import SumTree
 from worldmodels.progress import Progress
@@ -202,9 +202,7 @@ def top_episode_rows(store: TransitionStore, k: int, capacity: int | None = None
     """Row indices of the k episodes of `store` with the highest undiscounted return, best episode
     first, each in its own order, cut to `capacity` rows (the lowest-ranked rows go). Episodes split as
     `fields.episode_ends` splits them; equal returns keep dataset order."""
-    ends = episode_ends(store)
-    stops = np.flatnonzero(ends) + 1  # [E] one past each episode's last row
-    starts = np.concatenate([[0], stops[:-1]])
+    starts, stops = episode_spans(episode_ends(store))  # [E] each
     rew = store.data["rew"][: len(store)].double().cpu().numpy()
     returns = np.add.reduceat(rew, starts)  # [E] undiscounted return per episode
     best = np.argsort(-returns, kind="stable")[:k]
@@ -300,9 +298,9 @@ class BatchSampler:
             idx = top_episode_rows(offline, self.cfg.online_seed_top_episodes, online.capacity)
         else:
             n = online_seed_rows(self.cfg, len(offline), online.capacity)
-            idx = offline.sample_indices(n, generator) if n > 0 else None
-        if idx is None or len(idx) == 0:
-            return 0
+            if n == 0:
+                return 0
+            idx = offline.sample_indices(n, generator)
         self.rows_added("online", online.add(**offline.gather(idx).as_dict()))
         return len(idx)
 
