@@ -17,6 +17,7 @@ from agents.core.agent import EnvSpec
 from agents.core.config import resolve_device
 from agents.redq import REDQ, REDQConfig
 from benchmarks.throughput import synthetic_store
+from worldmodels.memory import keep_freed_memory
 from worldmodels.progress import Progress
 
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=40, help="updates per block (a multiple of G = 20)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    keep_freed_memory()  # as every entry point does (worldmodels/memory.py)
     device = resolve_device(args.device)
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     store = synthetic_store(100_000, 17, 6, device)

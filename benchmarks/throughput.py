@@ -33,12 +33,13 @@ from pathlib import Path
 
 import torch
 
-from agents.core.agent import EnvSpec
+from agents.core.agent import EnvSpec, update_autocast
 from agents.core.config import ConfigError, resolve_device
 from agents.core.registry import discover_agents
 from worldmodels.data.fields import add_fields, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
 from worldmodels.data.store import CORE_FIELDS, TransitionStore
+from worldmodels.memory import keep_freed_memory
 from worldmodels.progress import Progress
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
@@ -74,14 +75,17 @@ def matmul_gflops(device: torch.device, seconds: float = 2.0, rows: int = 8192, 
     return 2 * rows * width * width * n / (time.perf_counter() - start) / 1e9
 
 
-def count_update_flops(agent, sampler, progress: Progress, batch_size: int, updates: int = 20) -> float:
+def count_update_flops(agent, sampler, progress: Progress, batch_size: int, updates: int = 20,
+                       precision: str = "float32") -> float:
     """Mean floating-point operations of one `agent.update` (what FlopCounterMode counts: matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         for _ in range(updates):
             batch = sampler.sample(batch_size, progress)
-            sampler.after_update(batch, agent.update(batch, progress))
+            with update_autocast(agent.device, precision):
+                info = agent.update(batch, progress)
+            sampler.after_update(batch, info)
     return counter.get_total_flops() / updates
 
 
@@ -100,7 +104,7 @@ def agent_run_config(agent_name: str):
 
 def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256,
             critics: int | None = None, hidden: list[int] | None = None, flops: bool = False,
-            phase: str = "offline") -> dict:
+            phase: str = "offline", precision: str = "float32") -> dict:
     agent_cls, config_cls = AGENTS[agent_name]
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     torch.manual_seed(0)
@@ -150,7 +154,9 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
                 if world is not None and world.due(total):
                     world.generate(lambda o: agent.act(o), lambda n: sampler.sample_real(n, progress))
                 batch = sampler.sample(batch_size, progress)
-                sampler.after_update(batch, agent.update(batch, progress))
+                with update_autocast(device, precision):  # as the trainer runs an update (trainer.precision)
+                    info = agent.update(batch, progress)
+                sampler.after_update(batch, info)
                 total += 1
             n += 50
         if device.type == "cuda":
@@ -163,12 +169,12 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
     elapsed = time.perf_counter() - start
     arithmetic = {}
     if flops:
-        gflop = count_update_flops(agent, sampler, progress, batch_size) / 1e9
+        gflop = count_update_flops(agent, sampler, progress, batch_size, precision=precision) / 1e9
         arithmetic = {"gflop_per_update": round(gflop, 3), "achieved_gflops": round(gflop * n / elapsed, 1),
                       "matmul_gflops": round(matmul_gflops(device), 1)}
     return {"agent": agent_name, "phase": phase, "sampler": sampler_cfg.kind if phase == "online" else "uniform",
             "updates_per_second": round(n / elapsed, 1), "updates": n, **arithmetic,
-            "seconds": round(elapsed, 2), "batch_size": batch_size,
+            "seconds": round(elapsed, 2), "batch_size": batch_size, "precision": precision,
             "hidden": list(getattr(cfg, "hidden", [256, 256])),  # the agent's default (CQL: CORL's 3x256)
             "critics": getattr(cfg, "num_critics", None),
             "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -184,13 +190,16 @@ def main() -> None:
     parser.add_argument("--flops", action="store_true", help="add FLOPs per update and the machine's matmul rate")
     parser.add_argument("--phase", choices=["offline", "online"], default="offline",
                         help="time the offline update (uniform batches) or the online one (after the switch)")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="the updates' matmul dtype, as trainer.precision sets it for a run")
     args = parser.parse_args()
+    keep_freed_memory()  # as every entry point does (worldmodels/memory.py); O2O_KEEP_FREED_MEMORY=0 measures without
     try:
         device = resolve_device(args.device)
     except ConfigError as err:
         parser.error(str(err))  # one line, exit status 2
     print(json.dumps(measure(args.agent, args.seconds, device, critics=args.critics, hidden=args.hidden,
-                             flops=args.flops, phase=args.phase)))
+                             flops=args.flops, phase=args.phase, precision=args.precision)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,25 +29,32 @@ HERE = Path(__file__).resolve().parent
 D3RLPY_AGENTS = ("td3bc", "td3", "sac", "cql", "calql", "iql", "awac")
 
 
-def run_json(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+# glibc's malloc settings that worldmodels.memory.keep_freed_memory() makes in our processes, given to d3rlpy's
+# process through the environment when --d3rlpy-keep-freed-memory asks for a like-for-like allocator
+KEEP_FREED_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647"
+
+
+def run_json(cmd: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, env=env)
     if out.returncode != 0:
         raise SystemExit(f"benchmark failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ours(agent: str, seconds: float) -> float:
+def ours(agent: str, seconds: float, precision: str) -> float:
     cmd = [sys.executable, str(HERE / "throughput.py"), "--agent", agent, "--seconds", str(seconds),
-           "--hidden", "256", "256"]
+           "--hidden", "256", "256", "--precision", precision]
     return run_json(cmd)["updates_per_second"]
 
 
-def d3rlpy(python: str, agent: str, steps: int) -> float:
-    return run_json([python, str(HERE / "d3rlpy_throughput.py"), "--agent", agent, "--steps", str(steps)])[
+def d3rlpy(python: str, agent: str, steps: int, keep_freed: bool) -> float:
+    env = os.environ | {"GLIBC_TUNABLES": KEEP_FREED_TUNABLES} if keep_freed else None
+    return run_json([python, str(HERE / "d3rlpy_throughput.py"), "--agent", agent, "--steps", str(steps)], env)[
         "updates_per_second"]
 
 
-def compare(agent: str, rounds: int, seconds: float, python: str) -> dict:
+def compare(agent: str, rounds: int, seconds: float, python: str, precision: str = "float32",
+            keep_freed: bool = False) -> dict:
     pairs: list[tuple[float, float]] = []
     guess = None  # d3rlpy's rate, to size its step count to about `seconds`
     for r in range(rounds):
@@ -54,17 +62,18 @@ def compare(agent: str, rounds: int, seconds: float, python: str) -> dict:
         figures = {}
         for side in order:
             if side == "ours":
-                figures["ours"] = ours(agent, seconds)
+                figures["ours"] = ours(agent, seconds, precision)
             else:
                 steps = max(50, round((guess or figures.get("ours", 100.0) / 2) * seconds))
-                figures["d3rlpy"] = guess = d3rlpy(python, agent, steps)
+                figures["d3rlpy"] = guess = d3rlpy(python, agent, steps, keep_freed)
         pairs.append((figures["ours"], figures["d3rlpy"]))
         print(f"# {agent} round {r + 1}: ours {figures['ours']:.1f}, d3rlpy {figures['d3rlpy']:.1f} updates/s",
               file=sys.stderr, flush=True)
     ours_median = statistics.median(p[0] for p in pairs)
     theirs_median = statistics.median(p[1] for p in pairs)
     ratios = [a / b for a, b in pairs]
-    return {"agent": agent, "rounds": rounds, "seconds": seconds,
+    return {"agent": agent, "rounds": rounds, "seconds": seconds, "precision": precision,
+            "d3rlpy_keep_freed_memory": keep_freed,
             "ours": [p[0] for p in pairs], "d3rlpy": [p[1] for p in pairs],
             "ours_median": ours_median, "d3rlpy_median": theirs_median,
             "ratio_of_medians": round(ours_median / theirs_median, 2),
@@ -78,12 +87,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per side per round")
     parser.add_argument("--d3rlpy-python", default="/tmp/d3venv/bin/python",
                         help="the interpreter of an environment with d3rlpy 2.8.1 installed")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="our updates' matmul dtype (trainer.precision); d3rlpy's stay float32")
+    parser.add_argument("--d3rlpy-keep-freed-memory", action="store_true",
+                        help="give d3rlpy's process the malloc settings ours makes (worldmodels/memory.py)")
     args = parser.parse_args()
     if not Path(args.d3rlpy_python).exists():
         raise SystemExit(f"--d3rlpy-python {args.d3rlpy_python} does not exist; make d3rlpy's environment first "
                          "(benchmarks/d3rlpy_throughput.py's docstring has the two commands).")
     for agent in args.agent:
-        print(json.dumps(compare(agent, args.rounds, args.seconds, args.d3rlpy_python)), flush=True)
+        print(json.dumps(compare(agent, args.rounds, args.seconds, args.d3rlpy_python, args.precision,
+                                 args.d3rlpy_keep_freed_memory)), flush=True)
 
 
 if __name__ == "__main__":

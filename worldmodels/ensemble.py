@@ -65,6 +65,30 @@ class EnsembleLinear(nn.Module):
         )
 
 
+class Float32Output:
+    """Mixin for a network's last layer: it computes in float32 even inside a bf16 autocast.
+
+    Under ``trainer.precision=bfloat16`` the hidden layers' matmuls run in bf16 (8 bits of mantissa), but a
+    Q value, a value, a policy mean or log-std leaves the network in float32: a bf16 Q of 100 would be
+    rounded to a multiple of 0.5, coarser than the TD errors it is regressed on. Outside an autocast this
+    is the parent layer exactly (no cast, no context), so float32 runs are bitwise unchanged.
+    """
+
+    def forward(self, x: Tensor, *args) -> Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x, *args)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float(), *args)
+
+
+class Float32Linear(Float32Output, nn.Linear):
+    """``nn.Linear`` as a last layer (same parameters and state-dict keys), float32 under autocast."""
+
+
+class Float32EnsembleLinear(Float32Output, EnsembleLinear):
+    """``EnsembleLinear`` as a last layer (same parameters and state-dict keys), float32 under autocast."""
+
+
 def soft_clamp(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
     """Differentiable clamp of ``x`` into (low, high) with softplus, as in PETS (Chua et al. 2018)."""
     x = high - F.softplus(high - x)

@@ -45,6 +45,13 @@ class EnvSpec:
         return (self.act_high + self.act_low) / 2
 
 
+def update_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The context an agent update runs in (`trainer.precision`): a bf16 autocast for "bfloat16", so the hidden
+    layers' matmuls run in bf16 while parameters, optimizer steps and network outputs stay float32
+    (worldmodels.ensemble.Float32Output); disabled, and so exactly float32, for "float32"."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16")
+
+
 class Agent(nn.Module):
     def __init__(self, cfg, spec: EnvSpec, device: torch.device):
         super().__init__()

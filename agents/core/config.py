@@ -17,6 +17,7 @@ from worldmodels.dynamics import TRAIN_PRECISIONS
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import KINDS, WorldModelConfig
 
+UPDATE_PRECISIONS = ("float32", "bfloat16")
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
 
 
@@ -46,6 +47,12 @@ class TrainerConfig:
     log_every: int = 1_000  # updates between train-metric rows
     checkpoint_every: int = 5_000  # updates (offline) / env steps (online) between checkpoints
     progress: bool = True  # tqdm progress bar
+    # float32 | bfloat16: the dtype of the hidden layers' matmuls inside every agent update (a bf16 autocast;
+    # weights, optimizers, losses and every network output stay float32, worldmodels.ensemble.Float32Output).
+    # Our choice, not a paper's: float32 by default so runs stay bitwise reproducible; bfloat16 is for CPUs with
+    # AMX and GPUs with bf16 tensor cores, where conservative agents' big critic passes run several times faster
+    # (README, Benchmarks). Acting and evaluation always run in float32.
+    precision: str = "float32"
 
 
 @dataclass
@@ -93,6 +100,9 @@ def check_run_config(cfg: RunConfig) -> None:
                        "trainer.warmup_steps": t.warmup_steps}.items():
         if value < 0:
             raise ConfigError(f"{key}={value} must be >= 0 (0 skips it).")
+    if t.precision not in UPDATE_PRECISIONS:
+        raise ConfigError(f"trainer.precision={t.precision!r}: choose {' or '.join(UPDATE_PRECISIONS)} (the dtype "
+                          "of the agents' hidden-layer matmuls during updates).")
     problem = check_sampler_config(cfg.sampler)
     if problem:
         raise ConfigError(problem)

@@ -33,6 +33,7 @@ from worldmodels.data.recipes import BehaviourInterrupted, Recipe, build
 from worldmodels.data.store import TransitionStore
 from worldmodels.data.validate import validate
 from worldmodels.envs import box_bounds, make_env
+from worldmodels.memory import keep_freed_memory
 from worldmodels.world import make_world_model
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -67,6 +68,7 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     check_run_config(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()  # big activations reuse freed heap instead of page-faulting fresh mmaps (worldmodels/memory.py)
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg, device)
     env_id = dataset.env_id if dataset is not None else cfg.dataset.env_id

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from worldmodels.ensemble import EnsembleLinear, make_adam
+from worldmodels.ensemble import EnsembleLinear, Float32EnsembleLinear, Float32Linear, make_adam
 
 # Every Normal below is built with validate_args=False: argument validation runs an `.all()` check per
 # construction and per log_prob (9 per AWAC update), each a device-to-host sync on a GPU, and a NaN from a
@@ -27,7 +27,7 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256), activatio
     for width in hidden:
         layers += [nn.Linear(in_dim, width), activation()]
         in_dim = width
-    layers.append(nn.Linear(in_dim, out_dim))
+    layers.append(Float32Linear(in_dim, out_dim))  # outputs stay float32 under trainer.precision=bfloat16
     return nn.Sequential(*layers)
 
 
@@ -60,7 +60,7 @@ class CriticEnsemble(nn.Module):
         self.num_critics = num_critics
         dims = [obs_dim + act_dim, *hidden]
         self.hidden = nn.ModuleList(EnsembleLinear(i, o, num_critics) for i, o in zip(dims[:-1], dims[1:], strict=True))
-        self.head = EnsembleLinear(dims[-1], 1, num_critics)
+        self.head = Float32EnsembleLinear(dims[-1], 1, num_critics)
 
     def forward(self, obs: Tensor, act: Tensor, members: Tensor | None = None) -> Tensor:
         """Q values [N, B]; with `members` [M] (critic indices) only those critics run: [M, B], the cost of
@@ -220,7 +220,7 @@ class ValueEnsemble(nn.Module):
         self.num_members = num_members
         dims = [obs_dim, *hidden]
         self.hidden = nn.ModuleList(EnsembleLinear(i, o, num_members) for i, o in zip(dims[:-1], dims[1:], strict=True))
-        self.head = EnsembleLinear(dims[-1], 1, num_members)
+        self.head = Float32EnsembleLinear(dims[-1], 1, num_members)
 
     def forward(self, obs: Tensor) -> Tensor:
         x = obs.unsqueeze(0).expand(self.num_members, *obs.shape)  # [N, B, obs_dim]
@@ -266,7 +266,7 @@ class EnsembleTanhGaussianActor(nn.Module):
         dims = [obs_dim, *hidden]
         self.hidden = nn.ModuleList(EnsembleLinear(i, o, ensemble_size) for i, o in zip(dims[:-1], dims[1:],
                                                                                         strict=True))
-        self.head = EnsembleLinear(dims[-1], 2 * act_dim, ensemble_size)
+        self.head = Float32EnsembleLinear(dims[-1], 2 * act_dim, ensemble_size)
         self.register_buffer("act_scale", act_scale.clone().float())
         self.register_buffer("act_bias", act_bias.clone().float())
 

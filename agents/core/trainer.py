@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.core.agent import Agent
+from agents.core.agent import Agent, update_autocast
 from agents.core.checkpoint import (
     CheckpointError,
     NonFiniteError,
@@ -267,7 +267,8 @@ class Trainer:
         if self.model_based and self.world.due(self.state.updates, progress.online):
             self.rollout()
         batch = self.sampler.sample(self.cfg.batch_size, progress)
-        info = self.agent.update(batch, progress)
+        with update_autocast(self.device, self.cfg.precision):  # trainer.precision
+            info = self.agent.update(batch, progress)
         self.sampler.after_update(batch, info)
         self._info = info
         self.state.updates += 1

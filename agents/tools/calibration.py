@@ -44,6 +44,7 @@ from worldmodels.analysis.report import write_outputs
 from worldmodels.data.minari_load import DatasetError, OfflineDataset, load_offline_dataset
 from worldmodels.data.recipes import Recipe, build
 from worldmodels.dynamics import DynamicsEnsemble
+from worldmodels.memory import keep_freed_memory
 from worldmodels.rollout import RolloutConfig
 from worldmodels.termination import never_terminates
 from worldmodels.world import WorldModelConfig, make_dynamics
@@ -187,6 +188,7 @@ def run(cfg: CalibrationConfig, run_dir: Path) -> dict:
     check_config(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()  # worldmodels/memory.py
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     path = model_file(cfg)

@@ -16,6 +16,7 @@ from dataclasses import fields
 from agents.core.behaviour import SACBehaviour
 from agents.core.config import ConfigError, resolve_device
 from worldmodels.data.recipes import QUALITIES, BehaviourInterrupted, Recipe, build
+from worldmodels.memory import keep_freed_memory
 
 USAGE = (
     "usage: python -m agents.tools.make_dataset env_id=ENV quality=Q [size=N] [train_steps=N] [seed=N] [device=D]"
@@ -50,6 +51,7 @@ def parse(argv: list[str]) -> tuple[Recipe, str]:
 
 def main(argv: list[str] | None = None) -> str:
     recipe, device = parse(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # worldmodels/memory.py
     try:
         dataset_id = build(recipe, SACBehaviour(), resolve_device(device))
     except (ConfigError, ValueError) as err:
