@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from agents.core.agent import EnvSpec
+from agents.core.agent import EnvSpec, update_autocast
 from agents.core.config import resolve_device
 from agents.redq import REDQ, REDQConfig
 from benchmarks.throughput import synthetic_store
@@ -21,10 +21,12 @@ from worldmodels.memory import keep_freed_memory
 from worldmodels.progress import Progress
 
 
-def seconds_per_update(agent: REDQ, batches: list, progress: Progress, device: torch.device) -> float:
+def seconds_per_update(agent: REDQ, batches: list, progress: Progress, device: torch.device,
+                       precision: str = "float32") -> float:
     start = time.perf_counter()
     for batch in batches:
-        agent.update(batch, progress)
+        with update_autocast(device, precision):  # as the trainer runs an update (trainer.precision)
+            agent.update(batch, progress)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / len(batches)
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--updates", type=int, default=40, help="updates per block (a multiple of G = 20)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="the updates' matmul dtype (trainer.precision), the same for both ensembles")
     args = parser.parse_args()
     keep_freed_memory()  # as every entry point does (worldmodels/memory.py)
     device = resolve_device(args.device)
@@ -46,13 +50,14 @@ def main() -> None:
     progress = Progress("online", 0, 0, 0, 0, 10**9)
     agents = {n: REDQ(REDQConfig(num_critics=n), spec, device) for n in (args.critics, 2)}
     for agent in agents.values():  # warm-up: allocator, kernels
-        seconds_per_update(agent, batches, progress, device)
+        seconds_per_update(agent, batches, progress, device, args.precision)
     best = {n: float("inf") for n in agents}
     for _ in range(args.blocks):
         for n, agent in agents.items():
-            best[n] = min(best[n], seconds_per_update(agent, batches, progress, device))
+            best[n] = min(best[n], seconds_per_update(agent, batches, progress, device, args.precision))
     print(json.dumps({"ms_per_update": {n: round(1e3 * s, 3) for n, s in best.items()},
-                      "ratio": round(best[args.critics] / best[2], 2), "device": str(device),
+                      "ratio": round(best[args.critics] / best[2], 2), "precision": args.precision,
+                      "device": str(device),
                       "threads": torch.get_num_threads(), "torch": torch.__version__}))
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -83,7 +84,7 @@ def count_update_flops(agent, sampler, progress: Progress, batch_size: int, upda
     with FlopCounterMode(display=False) as counter:
         for _ in range(updates):
             batch = sampler.sample(batch_size, progress)
-            with update_autocast(agent.device, precision):
+            with update_autocast(agent.device, precision) if precision != "float32" else nullcontext():
                 info = agent.update(batch, progress)
             sampler.after_update(batch, info)
     return counter.get_total_flops() / updates
