@@ -22,6 +22,10 @@ tail -3 "$OUT/moore.txt"
 echo "== throughput (cuda)"
 for a in td3bc sac mopo; do timeout 60 python3 benchmarks/throughput.py --agent $a --seconds 10 --device cuda; done \
   2>&1 | grep '^{' | tee "$OUT/throughput.jsonl"
+echo "== conservative critics in both update precisions (cuda; trainer.precision)"
+for a in cql off2on; do for p in float32 bfloat16; do
+  timeout 60 python3 benchmarks/throughput.py --agent $a --seconds 8 --hidden 256 256 --precision $p --device cuda
+done; done 2>&1 | grep '^{' | tee -a "$OUT/throughput.jsonl"
 echo "== model (cuda)"
 timeout 90 python3 benchmarks/model.py --seconds 8 --device cuda 2>&1 | tail -3 | tee "$OUT/model.txt"
 echo "== sampler (cuda)"
