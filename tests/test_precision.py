@@ -85,26 +85,34 @@ def test_gradients_reach_every_parameter_in_float32_under_bf16():
 
 @pytest.mark.parametrize("members", [None, torch.tensor([2, 0])])
 def test_scalar_head_matches_autograd_of_the_float32_matvec(members):
-    """A one-output ensemble head on bf16 activations (_ScalarHead): the same float32 forward as the generic
-    Float32Output path, bitwise, and gradients within bf16 rounding of autograd's through that path (in norm:
-    a single weight-gradient entry can lose more where its terms cancel, as any bf16 layer's can)."""
+    """A one-output ensemble head on bf16 activations (_ScalarHead) computes what autograd computes through the
+    generic Float32Output path in a training step, bitwise, and is within bf16 rounding of a float32 backward
+    (in norm: a single weight-gradient entry can lose more where its terms cancel, as any bf16 layer's can)."""
     torch.manual_seed(0)
     head = Float32EnsembleLinear(32, 1, 3)
     x = torch.randn(3 if members is None else 2, 50, 32).relu().bfloat16()
     grad_q = torch.randn(x.shape[0], 50, 1)
 
-    def run(generic: bool):
+    def run(generic: bool, backward_in_autocast: bool):
         head.zero_grad()
         xi = x.clone().requires_grad_()
         with update_autocast(CPU, "bfloat16"):
             q = Float32Output.forward(head, xi, members) if generic else head(xi, members)
-        q.backward(grad_q)
+            if backward_in_autocast:  # as in an update: Agent.step runs backward inside the trainer's autocast
+                q.backward(grad_q)
+        if not backward_in_autocast:
+            q.backward(grad_q)
         return q, xi.grad, head.weight.grad.clone(), head.bias.grad.clone()
 
-    fast, generic = run(False), run(True)
-    assert fast[0].dtype == torch.float32 and torch.equal(fast[0], generic[0])
-    assert fast[1].dtype == torch.bfloat16
-    for f, g in zip(fast[1:], generic[1:], strict=True):  # bf16 rounding of the gradient: ~2^-8 of its size
+    # inside the autocast (training), autograd's backward of the generic path runs its matmuls in bf16 too:
+    # the same numbers, bitwise, only without the slow K = 1 outer-product matmul
+    fast, generic = run(False, True), run(True, True)
+    assert fast[0].dtype == torch.float32 and fast[1].dtype == torch.bfloat16
+    for f, g in zip(fast, generic, strict=True):
+        assert torch.equal(f, g)
+    # against a float32 backward: within bf16 rounding of the gradient, ~2^-8 of its size
+    exact = run(True, False)
+    for f, g in zip(fast[1:], exact[1:], strict=True):
         assert (f.float() - g.float()).norm() < 1e-2 * g.float().norm()
     if members is not None:  # the member left out gets no gradient
         assert head.weight.grad[1].abs().sum() == 0

@@ -104,10 +104,10 @@ class Float32EnsembleLinear(Float32Output, EnsembleLinear):
 class _ScalarHead(torch.autograd.Function):
     """q [E, B, 1] = x [E, B, D] @ w [E, D, 1] + b [E, 1, 1] with x in bf16 and q in float32.
 
-    The forward is the float32 matvec of Float32Output. Autograd's backward of it would form the input
-    gradient as a K = 1 outer product in float32 and cast it to bf16: on CQL's [2, 7936, 256] activations about
-    3x slower than writing it in bf16 in one pass, as the hidden bf16 layers' backward does (bf16 gradient
-    times bf16 weights); the weight gradient is the bf16 matmul autocast gives every hidden layer."""
+    The forward is the float32 matvec of Float32Output. In a training step (backward inside the trainer's
+    autocast) autograd's backward of that matvec runs its matmuls in bf16, and this backward computes the same
+    numbers, bitwise (tests/test_precision.py), but writes the input gradient as one elementwise bf16 product
+    instead of a K = 1 outer-product matmul, which on CQL's [2, 7936, 256] activations was about 3x slower."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
