@@ -14,7 +14,7 @@ import time
 import torch
 
 from agents.core.agent import EnvSpec, update_autocast
-from agents.core.config import resolve_device
+from agents.core.config import UPDATE_PRECISIONS, resolve_device
 from agents.redq import REDQ, REDQConfig
 from benchmarks.throughput import synthetic_store
 from worldmodels.memory import keep_freed_memory
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--updates", type=int, default=40, help="updates per block (a multiple of G = 20)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+    parser.add_argument("--precision", choices=UPDATE_PRECISIONS, default="float32",
                         help="the updates' matmul dtype (trainer.precision), the same for both ensembles")
     args = parser.parse_args()
     keep_freed_memory()  # as every entry point does (worldmodels/memory.py)

@@ -29,13 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from agents.core.agent import EnvSpec, update_autocast
-from agents.core.config import ConfigError, resolve_device
+from agents.core.config import UPDATE_PRECISIONS, ConfigError, resolve_device
 from agents.core.registry import discover_agents
 from worldmodels.data.fields import add_fields, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
@@ -47,6 +46,7 @@ from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
 
 AGENTS = discover_agents()  # name -> (agent class, config class): every agent in agents/
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CPU = torch.device("cpu")
 ONLINE_ROWS = 20_000  # online store of the online-phase benchmark
 
 
@@ -77,14 +77,14 @@ def matmul_gflops(device: torch.device, seconds: float = 2.0, rows: int = 8192, 
 
 
 def count_update_flops(agent, sampler, progress: Progress, batch_size: int, updates: int = 20,
-                       precision: str = "float32") -> float:
+                       precision: str = "float32", device: torch.device = CPU) -> float:
     """Mean floating-point operations of one `agent.update` (what FlopCounterMode counts: matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         for _ in range(updates):
             batch = sampler.sample(batch_size, progress)
-            with update_autocast(agent.device, precision) if precision != "float32" else nullcontext():
+            with update_autocast(device, precision):
                 info = agent.update(batch, progress)
             sampler.after_update(batch, info)
     return counter.get_total_flops() / updates
@@ -170,7 +170,7 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
     elapsed = time.perf_counter() - start
     arithmetic = {}
     if flops:
-        gflop = count_update_flops(agent, sampler, progress, batch_size, precision=precision) / 1e9
+        gflop = count_update_flops(agent, sampler, progress, batch_size, precision=precision, device=device) / 1e9
         arithmetic = {"gflop_per_update": round(gflop, 3), "achieved_gflops": round(gflop * n / elapsed, 1),
                       "matmul_gflops": round(matmul_gflops(device), 1)}
     return {"agent": agent_name, "phase": phase, "sampler": sampler_cfg.kind if phase == "online" else "uniform",
@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--flops", action="store_true", help="add FLOPs per update and the machine's matmul rate")
     parser.add_argument("--phase", choices=["offline", "online"], default="offline",
                         help="time the offline update (uniform batches) or the online one (after the switch)")
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+    parser.add_argument("--precision", choices=UPDATE_PRECISIONS, default="float32",
                         help="the updates' matmul dtype, as trainer.precision sets it for a run")
     args = parser.parse_args()
     keep_freed_memory()  # as every entry point does (worldmodels/memory.py); O2O_KEEP_FREED_MEMORY=0 measures without

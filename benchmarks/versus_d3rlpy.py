@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agents.core.config import UPDATE_PRECISIONS
+
 HERE = Path(__file__).resolve().parent
 D3RLPY_AGENTS = ("td3bc", "td3", "sac", "cql", "calql", "iql", "awac")
 
@@ -87,7 +89,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per side per round")
     parser.add_argument("--d3rlpy-python", default="/tmp/d3venv/bin/python",
                         help="the interpreter of an environment with d3rlpy 2.8.1 installed")
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+    parser.add_argument("--precision", choices=UPDATE_PRECISIONS, default="float32",
                         help="our updates' matmul dtype (trainer.precision); d3rlpy's stay float32")
     parser.add_argument("--d3rlpy-keep-freed-memory", action="store_true",
                         help="give d3rlpy's process the malloc settings ours makes (worldmodels/memory.py)")

@@ -14,7 +14,8 @@ freed blocks go back to malloc's heap and are reused; only blocks above 1 GiB st
 changes which addresses tensors get, never their values, so every run stays bitwise the same. The cost:
 the process keeps up to its peak heap instead of handing memory back to the OS between updates.
 
-Called by every entry point (agents' `build_run`, the tools, the benchmarks) before the first big tensor.
+Called before the first big tensor by every agent run (`build_run`, so also the suite's runs and the
+exploitation tool), `make_dataset`, the calibration tool and the throughput, model and REDQ benchmarks.
 Set `O2O_KEEP_FREED_MEMORY=0` to keep glibc's defaults; elsewhere than glibc (macOS, musl) it does nothing.
 """
 
