@@ -215,3 +215,9 @@ def test_keep_freed_memory_stops_big_activations_page_faulting_every_update():
 def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("O2O_KEEP_FREED_MEMORY", "0")
     assert keep_freed_memory() is False
+
+
+def test_a_bad_keep_freed_memory_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("O2O_KEEP_FREED_MEMORY", "off")
+    with pytest.raises(ValueError, match="O2O_KEEP_FREED_MEMORY='off': set it to 0"):
+        keep_freed_memory()

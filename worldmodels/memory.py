@@ -33,8 +33,13 @@ TRIM_THRESHOLD = (1 << 31) - 1  # about 2 GiB (the largest int mallopt takes): f
 
 def keep_freed_memory() -> bool:
     """Make glibc keep freed blocks for reuse (see the module docstring). Returns whether the settings took
-    effect: False where malloc is not glibc's or when O2O_KEEP_FREED_MEMORY=0."""
-    if os.environ.get("O2O_KEEP_FREED_MEMORY", "1") == "0":
+    effect: False where malloc is not glibc's or when O2O_KEEP_FREED_MEMORY=0. Any other value than 0 or 1 is a
+    ValueError naming the variable (agent runs report it as one error line)."""
+    setting = os.environ.get("O2O_KEEP_FREED_MEMORY", "1")
+    if setting not in ("0", "1"):
+        raise ValueError(f"O2O_KEEP_FREED_MEMORY={setting!r}: set it to 0 (glibc's malloc defaults) or 1, or unset "
+                         "it (the default, 1).")
+    if setting == "0":
         return False
     name = ctypes.util.find_library("c")
     if name is None:

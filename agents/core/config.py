@@ -14,6 +14,7 @@ import torch
 
 from worldmodels.data.samplers import SamplerConfig, check_sampler_config
 from worldmodels.dynamics import TRAIN_PRECISIONS
+from worldmodels.memory import keep_freed_memory
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import KINDS, WorldModelConfig
 
@@ -68,6 +69,14 @@ class RunConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default. Use 1 when several runs share the cores
     experiment: str = "quick"
     resume: bool = True  # continue from run_dir/checkpoint.pt when it exists
+
+
+def keep_freed_memory_checked() -> None:
+    """worldmodels.memory.keep_freed_memory, with a bad O2O_KEEP_FREED_MEMORY as a ConfigError (one error line)."""
+    try:
+        keep_freed_memory()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def resolve_device(name: str) -> torch.device:

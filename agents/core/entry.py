@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from agents.core.agent import Agent, EnvSpec
 from agents.core.behaviour import SACBehaviour
 from agents.core.checkpoint import CheckpointError
-from agents.core.config import ConfigError, RunConfig, check_run_config, resolve_device
+from agents.core.config import ConfigError, RunConfig, check_run_config, keep_freed_memory_checked, resolve_device
 from agents.core.rundir import RunDirError, RunLock, prepare_run_dir
 from agents.core.trainer import Trainer, seed_everything
 from worldmodels.data.minari_load import DatasetError, OfflineDataset, load_offline_dataset
@@ -33,7 +33,6 @@ from worldmodels.data.recipes import BehaviourInterrupted, Recipe, build
 from worldmodels.data.store import TransitionStore
 from worldmodels.data.validate import validate
 from worldmodels.envs import box_bounds, make_env
-from worldmodels.memory import keep_freed_memory
 from worldmodels.world import make_world_model
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -68,7 +67,7 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     check_run_config(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    keep_freed_memory()  # big activations reuse freed heap instead of page-faulting fresh mmaps (worldmodels/memory.py)
+    keep_freed_memory_checked()  # big activations reuse freed heap, no page faults per update (worldmodels/memory.py)
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg, device)
     env_id = dataset.env_id if dataset is not None else cfg.dataset.env_id

@@ -36,7 +36,14 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from agents.core.behaviour import SACBehaviour
-from agents.core.config import QUALITIES, ConfigError, DatasetConfig, TrainerConfig, resolve_device
+from agents.core.config import (
+    QUALITIES,
+    ConfigError,
+    DatasetConfig,
+    TrainerConfig,
+    keep_freed_memory_checked,
+    resolve_device,
+)
 from agents.core.entry import CONFIG_DIR, load_dataset
 from agents.core.trainer import seed_everything
 from worldmodels.analysis.evaluation import DYNAMICS_ESTIMATORS, check_compatible, evaluate, summarize
@@ -44,7 +51,6 @@ from worldmodels.analysis.report import write_outputs
 from worldmodels.data.minari_load import DatasetError, OfflineDataset, load_offline_dataset
 from worldmodels.data.recipes import Recipe, build
 from worldmodels.dynamics import DynamicsEnsemble
-from worldmodels.memory import keep_freed_memory
 from worldmodels.rollout import RolloutConfig
 from worldmodels.termination import never_terminates
 from worldmodels.world import WorldModelConfig, make_dynamics
@@ -188,7 +194,7 @@ def run(cfg: CalibrationConfig, run_dir: Path) -> dict:
     check_config(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    keep_freed_memory()  # worldmodels/memory.py
+    keep_freed_memory_checked()  # big activations reuse freed heap, no page faults per update (worldmodels/memory.py)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     path = model_file(cfg)

@@ -51,8 +51,8 @@ def parse(argv: list[str]) -> tuple[Recipe, str]:
 
 def main(argv: list[str] | None = None) -> str:
     recipe, device = parse(sys.argv[1:] if argv is None else argv)
-    keep_freed_memory()  # worldmodels/memory.py
     try:
+        keep_freed_memory()  # worldmodels/memory.py
         dataset_id = build(recipe, SACBehaviour(), resolve_device(device))
     except (ConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
