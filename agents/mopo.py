@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from agents.core.config import ConfigError
 from agents.core.networks import cosine_lr, set_lr
 from agents.sac import SAC, SACConfig
 from worldmodels.data.store import SOURCE_IDS, Batch
@@ -31,16 +32,33 @@ class MOPOConfig(SACConfig):
     actor_lr: float = 1e-4
     alpha_lr: float = 1e-4
     # constant | cosine: OfflineRL-Kit's run_mopo anneals the actor lr to 0 over the offline phase (CosineAnnealingLR
-    # stepped per 1000-update epoch; here per update). Online the last offline lr is kept.
+    # stepped per 1000-update epoch; here per update). That reference has no online phase: online the actor trains
+    # at actor_lr again (mopo_actor_lr), as under constant, so a cosine run does not fine-tune with a frozen actor.
     actor_lr_schedule: str = "constant"
 
 
+ACTOR_LR_SCHEDULES = ("constant", "cosine")
+
+
+def mopo_actor_lr(cfg: MOPOConfig, progress: Progress) -> float:
+    """The actor's learning rate for the update about to run: cosine from actor_lr to 0 over the offline updates
+    (actor_lr_schedule=cosine), actor_lr online and under constant. A function of progress, not a stateful
+    scheduler, so a resumed run gets the same rates by construction."""
+    if cfg.actor_lr_schedule == "constant" or progress.online:
+        return cfg.actor_lr
+    return cosine_lr(cfg.actor_lr, progress.offline_updates / max(progress.offline_budget, 1))
+
+
 class MOPO(SAC):
+    def __init__(self, cfg: MOPOConfig, spec, device):
+        if cfg.actor_lr_schedule not in ACTOR_LR_SCHEDULES:
+            raise ConfigError(f"agent.actor_lr_schedule={cfg.actor_lr_schedule!r}: choose one of "
+                              f"{', '.join(ACTOR_LR_SCHEDULES)}.")
+        super().__init__(cfg, spec, device)
+
     def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
         if self.cfg.actor_lr_schedule == "cosine":
-            # a function of progress, not a stateful scheduler: resumes exactly by construction
-            done = min(progress.offline_updates, progress.offline_budget) / max(progress.offline_budget, 1)
-            set_lr(self.optimizers["actor"], cosine_lr(self.cfg.actor_lr, done))
+            set_lr(self.optimizers["actor"], mopo_actor_lr(self.cfg, progress))
         return super().update(batch, progress)
 
     def critic_loss(self, batch: Batch, obs: Tensor, next_obs: Tensor,

@@ -3,6 +3,7 @@ equivalence, and MOORe's priorities."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from agents.core.agent import EnvSpec
 from agents.core.config import TrainerConfig
 from agents.core.trainer import Trainer
-from agents.mopo import MOPO, MOPOConfig
+from agents.core.config import ConfigError
+from agents.mopo import MOPO, MOPOConfig, mopo_actor_lr
 from agents.sac import SAC, SACConfig
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler, moore_offline_priority
 from worldmodels.data.store import TransitionStore
@@ -108,6 +110,43 @@ def test_mopo_with_null_world_makes_exactly_the_sac_update(tmp_path, horizon, re
     assert len(world.store or []) == 0 and world.model is None  # never fitted, never rolled out
     for a, b in zip(_params(sac), _params(mopo), strict=True):
         assert torch.equal(a, b)
+
+
+def _progress(phase: str, offline_updates: int, budget: int = 1000) -> Progress:
+    online = phase == "online"
+    return Progress(phase, offline_updates, 5 if online else 0, offline_updates + (5 if online else 0), budget, 100)
+
+
+def test_mopo_cosine_actor_lr_anneals_offline_and_restarts_online():
+    """OfflineRL-Kit's cosine: actor_lr at the first offline update, half at mid-phase, near 0 at the last; the
+    online phase (which that reference does not have) trains at actor_lr again, never with a frozen actor."""
+    cfg = MOPOConfig(actor_lr=1e-4, actor_lr_schedule="cosine")
+    assert mopo_actor_lr(cfg, _progress("offline", 0)) == pytest.approx(1e-4)
+    assert mopo_actor_lr(cfg, _progress("offline", 500)) == pytest.approx(0.5e-4)
+    assert mopo_actor_lr(cfg, _progress("offline", 999)) == pytest.approx(0.5e-4 * (1 + math.cos(math.pi * 0.999)))
+    assert mopo_actor_lr(cfg, _progress("offline", 999)) < 1e-9
+    assert mopo_actor_lr(cfg, _progress("online", 1000)) == 1e-4
+    constant = MOPOConfig(actor_lr=1e-4)
+    assert {mopo_actor_lr(constant, _progress(p, n)) for p, n in (("offline", 0), ("offline", 999),
+                                                                   ("online", 1000))} == {1e-4}
+
+
+def test_mopo_cosine_update_sets_the_rate_and_the_actor_moves_online():
+    torch.manual_seed(0)
+    mopo = MOPO(MOPOConfig(**SMALL, actor_lr=1e-3, actor_lr_schedule="cosine"), SPEC, torch.device("cpu"))
+    store = _offline_store(64)
+    batch = store.gather(store.sample_indices(32, torch.Generator().manual_seed(0)))
+    mopo.update(batch, _progress("offline", 250))
+    assert mopo.optimizers["actor"].param_groups[0]["lr"] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi / 4)))
+    before = _params(mopo.actor)
+    mopo.update(batch, _progress("online", 1000))
+    assert mopo.optimizers["actor"].param_groups[0]["lr"] == 1e-3
+    assert any(not torch.equal(a, b) for a, b in zip(before, _params(mopo.actor), strict=True))
+
+
+def test_mopo_refuses_an_unknown_actor_lr_schedule():
+    with pytest.raises(ConfigError, match="actor_lr_schedule='cosin'.*constant, cosine"):
+        MOPO(MOPOConfig(**SMALL, actor_lr_schedule="cosin"), SPEC, torch.device("cpu"))
 
 
 def test_model_based_mopo_differs_and_fills_its_store(tmp_path):
