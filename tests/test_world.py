@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from agents.core.agent import EnvSpec
-from agents.core.config import TrainerConfig
+from agents.core.config import ConfigError, TrainerConfig
 from agents.core.trainer import Trainer
-from agents.core.config import ConfigError
 from agents.mopo import MOPO, MOPOConfig, mopo_actor_lr
 from agents.sac import SAC, SACConfig
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler, moore_offline_priority
