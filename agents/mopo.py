@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
+from agents.core.agent import EnvSpec
 from agents.core.config import ConfigError
 from agents.core.networks import cosine_lr, set_lr
 from agents.sac import SAC, SACConfig
@@ -50,7 +52,7 @@ def mopo_actor_lr(cfg: MOPOConfig, progress: Progress) -> float:
 
 
 class MOPO(SAC):
-    def __init__(self, cfg: MOPOConfig, spec, device):
+    def __init__(self, cfg: MOPOConfig, spec: EnvSpec, device: torch.device):
         if cfg.actor_lr_schedule not in ACTOR_LR_SCHEDULES:
             raise ConfigError(f"agent.actor_lr_schedule={cfg.actor_lr_schedule!r}: choose one of "
                               f"{', '.join(ACTOR_LR_SCHEDULES)}.")
