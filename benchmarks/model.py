@@ -32,9 +32,8 @@ from collections.abc import Callable
 
 import torch
 
-from agents.core.config import ConfigError, resolve_device
+from agents.core.config import ConfigError, keep_freed_memory_checked, resolve_device
 from worldmodels.dynamics import DynamicsEnsemble, native_bf16
-from worldmodels.memory import keep_freed_memory
 from worldmodels.uncertainty import AleatoricMax
 
 OBS_DIM, ACT_DIM, BATCH, ROLLOUT_STATES, DATASET = 17, 6, 256, 50_000, 200_000
@@ -172,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:1 ...")
     parser.add_argument("--no-mbrl", action="store_true", help="skip mbrl-lib even if it is installed")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # as every entry point does (worldmodels/memory.py); O2O_KEEP_FREED_MEMORY=0 measures without
     try:
+        keep_freed_memory_checked()  # worldmodels/memory.py; O2O_KEEP_FREED_MEMORY=0 measures without
         device = resolve_device(args.device)
     except ConfigError as err:
         parser.error(str(err))  # one line, exit status 2

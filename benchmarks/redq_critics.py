@@ -14,10 +14,9 @@ import time
 import torch
 
 from agents.core.agent import EnvSpec, update_autocast
-from agents.core.config import UPDATE_PRECISIONS, resolve_device
+from agents.core.config import UPDATE_PRECISIONS, ConfigError, keep_freed_memory_checked, resolve_device
 from agents.redq import REDQ, REDQConfig
 from benchmarks.throughput import synthetic_store
-from worldmodels.memory import keep_freed_memory
 from worldmodels.progress import Progress
 
 
@@ -41,8 +40,11 @@ def main() -> None:
     parser.add_argument("--precision", choices=UPDATE_PRECISIONS, default="float32",
                         help="the updates' matmul dtype (trainer.precision), the same for both ensembles")
     args = parser.parse_args()
-    keep_freed_memory()  # as every entry point does (worldmodels/memory.py)
-    device = resolve_device(args.device)
+    try:
+        keep_freed_memory_checked()  # as every entry point does (worldmodels/memory.py)
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        parser.error(str(err))  # one line, exit status 2
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     store = synthetic_store(100_000, 17, 6, device)
     g = torch.Generator(device=device).manual_seed(0)

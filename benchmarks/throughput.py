@@ -34,12 +34,11 @@ from pathlib import Path
 import torch
 
 from agents.core.agent import EnvSpec, update_autocast
-from agents.core.config import UPDATE_PRECISIONS, ConfigError, resolve_device
+from agents.core.config import UPDATE_PRECISIONS, ConfigError, keep_freed_memory_checked, resolve_device
 from agents.core.registry import discover_agents
 from worldmodels.data.fields import add_fields, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler
 from worldmodels.data.store import CORE_FIELDS, TransitionStore
-from worldmodels.memory import keep_freed_memory
 from worldmodels.progress import Progress
 from worldmodels.rollout import RolloutConfig
 from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
@@ -194,8 +193,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=UPDATE_PRECISIONS, default="float32",
                         help="the updates' matmul dtype, as trainer.precision sets it for a run")
     args = parser.parse_args()
-    keep_freed_memory()  # as every entry point does (worldmodels/memory.py); O2O_KEEP_FREED_MEMORY=0 measures without
     try:
+        keep_freed_memory_checked()  # worldmodels/memory.py; O2O_KEEP_FREED_MEMORY=0 measures without
         device = resolve_device(args.device)
     except ConfigError as err:
         parser.error(str(err))  # one line, exit status 2
