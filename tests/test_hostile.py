@@ -36,7 +36,7 @@ from agents.core.checkpoint import (
     set_rng_state,
 )
 from agents.core.interrupt import graceful_interrupts
-from agents.core.rundir import RunDirError, RunLock, prepare_run_dir
+from agents.core.rundir import RunDirError, RunLock, discard_unstarted, prepare_run_dir
 
 RESUMABLE = ("resume", "device", "threads", "trainer.progress")
 
@@ -630,8 +630,32 @@ def test_cli_one_run_per_directory(hostile_cli):
     ("not_a_model", "world_model.load_path"),
 ])
 def test_cli_bad_input_gets_one_line(hostile_cli, case, names):
-    result, _, _ = result_of(hostile_cli, case)
+    result, run_dir, _ = result_of(hostile_cli, case)
     assert names in error_line(result)
+    if case != "file_dir":  # a refused run leaves no directory of hydra's files behind
+        assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
+    assert run_dir.parent.exists()
+
+
+def test_discard_unstarted_removes_only_hydra_bookkeeping(tmp_path):
+    def hydra_dir(name: str) -> Path:
+        d = tmp_path / name
+        (d / ".hydra").mkdir(parents=True)
+        for f in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (d / ".hydra" / f).write_text("x: 1\n")
+        (d / "entry.log").write_text("")
+        return d
+
+    assert discard_unstarted(hydra_dir("fresh")) and not (tmp_path / "fresh").exists()
+    kept = {"config": "run_config.yaml", "user": "notes.txt", "nested": ".hydra/extra.yaml"}
+    for name, extra in kept.items():
+        d = hydra_dir(name)
+        (d / extra).write_text("mine")
+        assert not discard_unstarted(d) and (d / extra).read_text() == "mine", name
+    d = hydra_dir("logged")
+    (d / "entry.log").write_text("a line a job wrote")
+    assert not discard_unstarted(d) and (d / "entry.log").exists()
+    assert not discard_unstarted(tmp_path / "missing")
 
 
 def test_cli_bad_override_type_exits_2_with_one_line(hostile_cli):

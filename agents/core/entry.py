@@ -26,7 +26,7 @@ from agents.core.agent import Agent, EnvSpec
 from agents.core.behaviour import SACBehaviour
 from agents.core.checkpoint import CheckpointError
 from agents.core.config import ConfigError, RunConfig, check_run_config, keep_freed_memory_checked, resolve_device
-from agents.core.rundir import RunDirError, RunLock, prepare_run_dir
+from agents.core.rundir import RunDirError, RunLock, discard_unstarted, prepare_run_dir
 from agents.core.trainer import Trainer, seed_everything
 from worldmodels.data.minari_load import DatasetError, OfflineDataset, load_offline_dataset
 from worldmodels.data.recipes import BehaviourInterrupted, Recipe, build
@@ -127,6 +127,7 @@ def execute(agent_cls: type[Agent], cfg, run_dir: Path) -> dict:
             prepare_run_dir(run_dir, cfg_yaml, run_cfg.resume, RESUMABLE_KEYS)
             summary = trainer.run()
     except USER_ERRORS as err:
+        discard_unstarted(run_dir)  # refused before it began: no directory of hydra's files left behind
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except BehaviourInterrupted as err:  # a signal while the recipe's behaviour run trained: no dataset yet

@@ -178,6 +178,31 @@ def run_results(run_dir: Path) -> list[Path]:
     return sorted({p for pattern in RESULT_PATTERNS for p in run_dir.glob(pattern)})
 
 
+HYDRA_BOOKKEEPING = frozenset({".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"})
+
+
+def discard_unstarted(run_dir: Path) -> bool:
+    """Remove `run_dir` if it holds nothing but what hydra wrote before the job started (its .hydra/
+    copies of the config and an empty job log): a run refused for a bad config or dataset leaves no
+    directory behind. Anything else in it (a run_config.yaml, results, a file of the user's) keeps it
+    all. Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    try:
+        files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+        names = {p.relative_to(run_dir).as_posix() for p in files}
+        logs = {n for n in names - HYDRA_BOOKKEEPING if "/" not in n and n.endswith(".log")}
+        if not names - logs <= HYDRA_BOOKKEEPING or any((run_dir / n).stat().st_size for n in logs):
+            return False
+        for p in files:
+            p.unlink()
+        for d in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            d.rmdir()
+        run_dir.rmdir()
+    except OSError:  # unreadable, or something appeared meanwhile: leave it as it is
+        return False
+    return True
+
+
 def move_aside(run_dir: Path, paths: list[Path]) -> Path:
     """Move `paths` into a new `run_dir/previous/<UTC time>/`; returns that folder."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
