@@ -167,3 +167,44 @@ def test_exploitation_tool_reads_a_model_based_run(agent_runs, tiny_dataset_id):
     assert refused.returncode == 2 and "model-free" in refused.stderr, refused.describe()
     bad = run_cli([sys.executable, "-m", "agents.tools.exploitation", str(mopo.run_dir), "episodes=two"])
     assert bad.returncode == 2 and "episodes=two must be a positive integer" in bad.stderr, bad.describe()
+
+
+def test_kept_policies_replay_their_evaluations_and_the_gait_tool_reads_them(tmp_path, tiny_dataset_id):
+    """`trainer.keep_policies=true` keeps the agent of every evaluation; `python -m agents.tools.gait RUN_DIR`
+    replays each with its evaluation's seeds, so its scores are eval.csv's to the printed digit, and the
+    last kept agent is the final checkpoint's. The dataset mode's figures are the dataset's own."""
+    import csv
+    import sys
+
+    import numpy as np
+    from conftest import assert_same_state, run_agent, run_cli
+
+    from agents.core.checkpoint import load_checkpoint
+    from worldmodels.data.minari_load import load_offline_dataset
+
+    run = run_agent("td3bc", tmp_path / "kept", tiny_dataset_id, **{"trainer.keep_policies": "true",
+                                                                      "trainer.eval_every": "30"})
+    assert run.returncode == 0, run.describe()
+    kept = sorted((run.run_dir / "policies").glob("*.pt"))
+    with open(run.run_dir / "eval.csv") as f:
+        scores = [float(r["normalized_score"]) for r in csv.DictReader(f)]
+    assert len(kept) == len(scores) == 4  # 60 offline updates and 60 env steps, every 30
+    assert_same_state(load_checkpoint(kept[-1], "cpu")["agent"], load_checkpoint(run.run_dir / "checkpoint.pt",
+                                                                                  "cpu")["agent"])
+    tool = run_cli([sys.executable, "-m", "agents.tools.gait", str(run.run_dir)])
+    assert tool.returncode == 0, tool.describe()
+    rows = [ln.split("|")[1:-1] for ln in tool.stdout.splitlines() if ln.startswith("| ") and "/" in ln
+            and "offline updates" not in ln]
+    assert [r[0].strip() for r in rows] == ["30 / 0", "60 / 0", "60 / 30", "60 / 60"]
+    assert [float(r[1]) for r in rows] == [round(s, 1) for s in scores]
+
+    data = run_cli([sys.executable, "-m", "agents.tools.gait", f"dataset={tiny_dataset_id}"])
+    assert data.returncode == 0, data.describe()
+    ds = load_offline_dataset(tiny_dataset_id)
+    obs, act = np.asarray(ds.observations), np.asarray(ds.actions)
+    [total] = [ln.split("|")[1:-1] for ln in data.stdout.splitlines() if ln.startswith("| all rows")]
+    assert float(total[2]) == round(float(obs[:, 8].mean()), 2)  # HalfCheetah: qvel[0] follows qpos[1:9]
+    assert float(total[3]) == round(float(0.1 * np.square(act).sum(-1).mean()), 3)
+    assert float(total[4]) == round(float(np.mean(np.abs(obs[:, 1]) > np.pi / 2)), 2)
+    bad = run_cli([sys.executable, "-m", "agents.tools.gait"])
+    assert bad.returncode == 2 and "usage" in bad.stderr, bad.describe()

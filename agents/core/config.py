@@ -48,6 +48,9 @@ class TrainerConfig:
     log_every: int = 1_000  # updates between train-metric rows
     checkpoint_every: int = 5_000  # updates (offline) / env steps (online) between checkpoints
     progress: bool = True  # tqdm progress bar
+    # keep the agent's state of every evaluation in policies/<global step>.pt (plain data, a few MB each), so
+    # how the policy moved between evaluations can be replayed afterwards (python -m agents.tools.gait RUN_DIR)
+    keep_policies: bool = False
     # float32 | bfloat16: the dtype of the hidden layers' matmuls inside every agent update (a bf16 autocast;
     # weights, optimizers, losses and every network output stay float32, worldmodels.ensemble.Float32Output).
     # Our choice, not a paper's: float32 by default so runs stay bitwise reproducible; bfloat16 is for CPUs with

@@ -30,7 +30,7 @@ LOCK_NAME = ".lock"
 CONFIG_NAME = "run_config.yaml"
 PREVIOUS_DIR = "previous"
 #: what a run writes; the glob patterns are matched in the run directory itself
-RESULT_PATTERNS = ("checkpoint.pt", "summary.json", "*.csv", "tb", "dynamics.pt")
+RESULT_PATTERNS = ("checkpoint.pt", "summary.json", "*.csv", "tb", "dynamics.pt", "policies")
 
 
 def _check_usable(run_dir: Path) -> None:
@@ -174,7 +174,7 @@ def config_diff(old_yaml: str, new_yaml: str, resumable_keys: tuple[str, ...] = 
 
 
 def run_results(run_dir: Path) -> list[Path]:
-    """The files and folders a run left in `run_dir` (checkpoint, summary, CSVs, tb/, dynamics.pt)."""
+    """The files and folders a run left in `run_dir` (checkpoint, summary, CSVs, tb/, dynamics.pt, policies/)."""
     return sorted({p for pattern in RESULT_PATTERNS for p in run_dir.glob(pattern)})
 
 

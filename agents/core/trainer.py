@@ -54,6 +54,8 @@ from worldmodels.envs import get_env_state, run_episodes, set_env_state
 from worldmodels.progress import EpisodeEnd, Progress
 from worldmodels.world import WorldModel, store_fit_data
 
+POLICIES_DIR = "policies"  # trainer.keep_policies: the agent at every evaluation, <global step>.pt
+
 
 @dataclass
 class EvalResult:
@@ -362,6 +364,12 @@ class Trainer:
         self.logger.flush()
         score = f"{result.normalized_score:.1f}" if result.normalized_score is not None else "n/a"
         self.bar.set_postfix_str(f"{phase} return {mean:.1f} score {score}")
+        if self.cfg.keep_policies:
+            (self.run_dir / POLICIES_DIR).mkdir(exist_ok=True)
+            save_checkpoint(self.run_dir / POLICIES_DIR / f"{self.global_step:09d}.pt",
+                            {"agent": self.agent.state_dict(), "offline_updates": self.state.offline_updates,
+                             "env_steps": self.state.env_steps, "normalized_score": result.normalized_score,
+                             "eval_seed": seed, "eval_episodes": self.cfg.eval_episodes})
         for callback in self.on_evaluate:
             callback(self, result)
         return result

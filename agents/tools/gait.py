@@ -1,0 +1,151 @@
+"""What a planar locomotion policy (HalfCheetah, Hopper, Walker2d) physically does, and what a dataset holds:
+the figures behind a score.
+
+    python -m agents.tools.gait RUN_DIR [episodes=5]   # every policy of policies/ (trainer.keep_policies=true),
+                                                       # else the checkpoint's
+    python -m agents.tools.gait dataset=MINARI_ID       # the logged episodes
+
+For each kept policy it replays that evaluation's deterministic episodes (its seeds, so the score is
+the one in eval.csv); for a checkpoint it plays `episodes` fresh ones (seed 10**6). One Markdown row
+each: normalized score, forward velocity, control cost per step, the share of steps with the torso
+upside down (|torso angle| > 90 degrees) and the share of action components at the box's edge
+(|a| > 0.95 of the half-range). For a dataset, the same figures per logged episode.
+
+Why: a score alone cannot tell a policy that stands still pushing its joints from one that walks
+slowly; on HalfCheetah a motionless policy scores anywhere between its zero-action value and that
+value minus the full control cost (README, "Why MOPO/MOORe fell", step 7).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.core.checkpoint import load_checkpoint
+from agents.core.config import ConfigError
+from agents.core.entry import USER_ERRORS, one_line
+from agents.core.trainer import POLICIES_DIR
+from agents.tools.exploitation import load_trainer
+from worldmodels.data.minari_load import load_offline_dataset
+from worldmodels.envs import make_env, run_episodes
+
+#: planar walkers whose observation is qpos[1:] then qvel: obs[1] is the torso angle, obs[nq - 1] = qvel[0]
+#: the forward velocity (gymnasium v5, exclude_current_positions_from_observation=True)
+PLANAR = ("HalfCheetah", "Hopper", "Walker2d")
+
+
+def body_layout(env_id: str) -> tuple[int, float]:
+    """(index of the forward velocity in the observation, control-cost weight) of a planar walker."""
+    if env_id.split("-")[0] not in PLANAR:
+        raise ConfigError(f"{env_id}: this tool reads planar walkers only ({', '.join(PLANAR)}).")
+    env = make_env(env_id)
+    try:
+        return env.unwrapped.model.nq - 1, float(env.unwrapped._ctrl_cost_weight)
+    finally:
+        env.close()
+
+
+def gait_figures(obs: np.ndarray, act: np.ndarray, vel_index: int, ctrl_weight: float,
+                 act_low: np.ndarray, act_high: np.ndarray) -> dict[str, float]:
+    """Means over one episode's steps: obs [T(+1), obs_dim], act [T, act_dim]."""
+    half, mid = (act_high - act_low) / 2, (act_high + act_low) / 2
+    return {"forward velocity": float(obs[:, vel_index].mean()),
+            "control cost per step": float(ctrl_weight * np.square(act).sum(-1).mean()),
+            "upside down": float(np.mean(np.abs(obs[:, 1]) > math.pi / 2)),
+            "actions at the edge": float(np.mean(np.abs((act - mid) / half) > 0.95))}
+
+
+def normalized(ret: float, refs: tuple) -> float:
+    lo, hi = refs
+    return 100.0 * (ret - lo) / (hi - lo) if lo is not None and hi is not None and hi != lo else float("nan")
+
+
+def row(label: str, score: float, figs: list[dict[str, float]]) -> str:
+    mean = {k: np.mean([f[k] for f in figs]) for k in figs[0]}
+    return (f"| {label} | {score:.1f} | {mean['forward velocity']:.2f} | {mean['control cost per step']:.3f} | "
+            f"{mean['upside down']:.2f} | {mean['actions at the edge']:.2f} |")
+
+
+HEADER = ("| {} | normalized score | forward velocity | control cost per step | share upside down | "
+          "share of actions at the edge |\n|---|---|---|---|---|---|")
+
+
+def policies_of(run_dir: Path) -> list[Path]:
+    kept = sorted((run_dir / POLICIES_DIR).glob("*.pt"))
+    return kept or [run_dir / "checkpoint.pt"]
+
+
+def run_report(run_dir: Path, episodes: int) -> list[str]:
+    trainer, _ = load_trainer(run_dir, model_based=False)
+    env_id = trainer.summary_extra["env_id"]
+    vel_index, ctrl_weight = body_layout(env_id)
+    low, high = action_box(env_id)
+    lines = [HEADER.format("offline updates / env steps")]
+    for path in policies_of(run_dir):
+        state = load_checkpoint(path, trainer.device)  # plain data only
+        trainer.agent.load_state_dict(state["agent"])
+        # a kept policy replays its own evaluation (same seed, same episodes: the same score); a checkpoint
+        # gets `episodes` fresh ones
+        seed, n = (state["eval_seed"], state["eval_episodes"]) if "eval_seed" in state else (10**6, episodes)
+        played = run_episodes(trainer.env_fn, lambda o: trainer.agent.act(o, deterministic=True), n,
+                              seed=seed, device=trainer.device, record=True)
+        figs = [gait_figures(np.asarray(e["observations"]), np.asarray(e["actions"]), vel_index, ctrl_weight,
+                             low, high) for e in played.episodes]
+        at = (state.get("offline_updates"), state.get("env_steps")) if "offline_updates" in state else \
+            (state["trainer"]["offline_updates"], state["trainer"]["env_steps"])
+        lines.append(row(f"{at[0]} / {at[1]}", normalized(float(played.returns.mean()), trainer.ref_scores), figs))
+    return lines
+
+
+def action_box(env_id: str) -> tuple[np.ndarray, np.ndarray]:
+    env = make_env(env_id)
+    try:
+        return np.asarray(env.action_space.low), np.asarray(env.action_space.high)
+    finally:
+        env.close()
+
+
+def dataset_report(dataset_id: str) -> list[str]:
+    ds = load_offline_dataset(dataset_id)
+    vel_index, ctrl_weight = body_layout(ds.env_id)
+    low, high = action_box(ds.env_id)
+    ends = np.flatnonzero(np.asarray(ds.terminations) | np.asarray(ds.truncations))
+    starts = np.r_[0, ends[:-1] + 1]
+    refs = (ds.ref_min_score, ds.ref_max_score)
+    obs, act, rew = np.asarray(ds.observations), np.asarray(ds.actions), np.asarray(ds.rewards)
+    lines = [HEADER.format("logged episode (rows)")]
+    all_figs = []
+    for s, e in zip(starts, ends, strict=True):
+        figs = gait_figures(obs[s:e + 1], act[s:e + 1], vel_index, ctrl_weight, low, high)
+        all_figs.append(figs)
+        lines.append(row(f"{s}-{e}", normalized(float(rew[s:e + 1].sum()), refs), [figs]))
+    total = gait_figures(obs, act, vel_index, ctrl_weight, low, high)
+    lines.append(row("all rows", float("nan"), [total]).replace("| nan |", "| |"))
+    return lines
+
+
+def main(argv: list[str]) -> list[str]:
+    opts = dict(a.split("=", 1) for a in argv if "=" in a and a.split("=", 1)[0] in ("episodes", "dataset"))
+    args = [a for a in argv if a.split("=", 1)[0] not in ("episodes", "dataset")]
+    episodes = opts.get("episodes", "5")
+    if not episodes.isdigit() or int(episodes) < 1:
+        raise ConfigError(f"episodes={episodes} must be a positive integer (default 5).")
+    if ("dataset" in opts) == (len(args) == 1) or len(args) > 1:
+        raise ConfigError("usage: python -m agents.tools.gait RUN_DIR [episodes=5]  or  "
+                          "python -m agents.tools.gait dataset=MINARI_ID")
+    lines = dataset_report(opts["dataset"]) if "dataset" in opts else run_report(Path(args[0]), int(episodes))
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    try:
+        main(sys.argv[1:])
+    except (*USER_ERRORS, OSError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
