@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -41,6 +41,7 @@ class Job:
     dataset: str
     seed: int
     run_dir: Path
+    extra: dict[str, str] = field(default_factory=dict)  # the job's own overrides beyond the suite's (rollout=)
 
     @property
     def status(self) -> str:
@@ -131,35 +132,54 @@ def override_dirname(overrides: dict[str, str]) -> str:
     return ",".join(sorted(f"{k}={v}" for k, v in overrides.items() if k not in skip))
 
 
+def model_based(agent: str) -> bool:
+    """Whether the agent's root config turns a world model on (its defaults list's world_model choice)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{agent}.yaml")).get("defaults", [])
+    return any(isinstance(d, dict) and d.get("world_model", "none") != "none" for d in defaults)
+
+
+def rollout_for(agent: str, dataset: str, overrides: dict[str, str]) -> dict[str, str]:
+    """A model-based agent on a dataset with MOPO's tuned (h, lambda) in configs/rollout/<dataset>.yaml runs
+    with them (rollout=<dataset>), unless the suite's overrides name a rollout. The default dataset keeps the
+    agent's own choice, which is written for it (configs/rollout/default.yaml is the base of the others)."""
+    if "rollout" in overrides or dataset == "default" or not model_based(agent):
+        return {}
+    return {"rollout": dataset} if (CONFIG_DIR / "rollout" / f"{dataset}.yaml").exists() else {}
+
+
 def plan(suite: Suite, out: Path) -> list[Job]:
     jobs = []
     for agent in suite.agents:
         for dataset in suite.datasets:
+            extra = rollout_for(agent, dataset, suite.overrides)
             for seed in range(suite.seeds):
-                name = override_dirname(suite.overrides | {"dataset": dataset, "seed": str(seed)})
-                jobs.append(Job(agent, dataset, seed, out / "runs" / agent / name))
+                name = override_dirname(suite.overrides | extra | {"dataset": dataset, "seed": str(seed)})
+                jobs.append(Job(agent, dataset, seed, out / "runs" / agent / name, extra))
     return jobs
 
 
-def sweeps(jobs: list[Job]) -> list[tuple[str, list[str], list[int]]]:
-    """The unfinished jobs as few hydra sweeps as their grid allows: (agent, datasets, seeds),
-    one per agent and set of seeds still to run."""
-    todo: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+def sweeps(jobs: list[Job]) -> list[tuple[str, list[str], list[int], dict[str, str]]]:
+    """The unfinished jobs as few hydra sweeps as their grid allows: (agent, datasets, seeds, extra
+    overrides), one per agent, set of seeds still to run and job overrides (a model-based agent's
+    datasets with their own rollout values go to sweeps of their own)."""
+    todo: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for j in jobs:
         if j.status != "finished":
-            todo[j.agent][j.dataset].append(j.seed)
+            todo[(j.agent, tuple(sorted(j.extra.items())))][j.dataset].append(j.seed)
     out = []
-    for agent, by_dataset in todo.items():
+    for (agent, extra), by_dataset in todo.items():
         by_seeds: dict[tuple[int, ...], list[str]] = defaultdict(list)
         for dataset, seeds in by_dataset.items():
             by_seeds[tuple(seeds)].append(dataset)
-        out += [(agent, datasets, list(seeds)) for seeds, datasets in by_seeds.items()]
+        out += [(agent, datasets, list(seeds), dict(extra)) for seeds, datasets in by_seeds.items()]
     return out
 
 
-def sweep_command(suite: Suite, out: Path, agent: str, datasets: list[str], seeds: list[int]) -> list[str]:
+def sweep_command(suite: Suite, out: Path, agent: str, datasets: list[str], seeds: list[int],
+                  extra: dict[str, str] | None = None) -> list[str]:
+    overrides = suite.overrides | (extra or {})
     return [sys.executable, "-m", f"agents.{agent}", "-m", f"hydra.sweep.dir={out / 'runs' / agent}",
-            *(f"{k}={v}" for k, v in suite.hydra.items()), *(f"{k}={v}" for k, v in suite.overrides.items()),
+            *(f"{k}={v}" for k, v in suite.hydra.items()), *(f"{k}={v}" for k, v in overrides.items()),
             f"dataset={','.join(datasets)}", f"seed={','.join(map(str, seeds))}"]
 
 
@@ -176,8 +196,8 @@ def run_suite(suite: Suite, out: Path, reps: int = 2000) -> tuple[Path, list[Job
     env = os.environ.copy()
     if suite.hydra["hydra/launcher"] != "slurm":
         env.setdefault("OMP_NUM_THREADS", "1")  # parallel local jobs: one thread each
-    for agent, datasets, seeds in sweeps(jobs):
-        cmd = sweep_command(suite, out, agent, datasets, seeds)
+    for agent, datasets, seeds, extra in sweeps(jobs):
+        cmd = sweep_command(suite, out, agent, datasets, seeds, extra)
         print("suite:", " ".join(cmd[1:]), flush=True)
         code = subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
         if code != 0:

@@ -62,10 +62,30 @@ def test_run_directories_are_named_by_config_and_planned_by_state(tmp_path):
     (jobs[3].run_dir / "checkpoint.pt").write_bytes(b"")  # cut off
     assert [j.status for j in jobs] == ["finished", "new", "new", "resume"]
     # default's seed 1 and hopper's seeds 0, 1 remain: two sweeps, none of them reruns a finished job
-    assert sorted(S.sweeps(jobs)) == [("bc", ["default"], [1]), ("bc", ["hopper-medium"], [0, 1])]
+    assert sorted(S.sweeps(jobs)) == [("bc", ["default"], [1], {}), ("bc", ["hopper-medium"], [0, 1], {})]
     cmd = S.sweep_command(s, tmp_path, "bc", ["hopper-medium"], [0, 1])
     assert cmd[2:4] == ["agents.bc", "-m"] and "hydra/launcher=local" in cmd and "threads=1" in cmd
     assert cmd[-2:] == ["dataset=hopper-medium", "seed=0,1"]
+
+
+def test_model_based_agents_take_each_datasets_rollout_values(tmp_path):
+    """MOPO's (h, lambda) differ per dataset (configs/rollout/<dataset>.yaml): a model-based agent's job on
+    such a dataset runs with them (named by them), in a sweep of its own; model-free agents, the default
+    dataset and a rollout the user names are left alone."""
+    s = S.load_suite({"suite": "quick", "agents": "[moore,iql]", "datasets": "[default,hopper-medium-replay]",
+                      "seeds": "1"})
+    by = {(j.agent, j.dataset): j for j in S.plan(s, tmp_path)}
+    assert by[("moore", "hopper-medium-replay")].extra == {"rollout": "hopper-medium-replay"}
+    assert "rollout=hopper-medium-replay," in by[("moore", "hopper-medium-replay")].run_dir.name
+    assert by[("moore", "default")].extra == {} and by[("iql", "hopper-medium-replay")].extra == {}
+    assert sorted(S.sweeps(list(by.values()))) == [
+        ("iql", ["default", "hopper-medium-replay"], [0], {}), ("moore", ["default"], [0], {}),
+        ("moore", ["hopper-medium-replay"], [0], {"rollout": "hopper-medium-replay"})]
+    cmd = S.sweep_command(s, tmp_path, "moore", ["hopper-medium-replay"], [0], {"rollout": "hopper-medium-replay"})
+    assert "rollout=hopper-medium-replay" in cmd
+    named = S.load_suite({"suite": "quick", "agents": "[moore]", "datasets": "[hopper-medium-replay]", "seeds": "1",
+                          "rollout": "hopper-medium"})
+    assert S.plan(named, tmp_path)[0].extra == {}  # the user's rollout= is every job's
 
 
 def test_suite_end_to_end_two_agents(tmp_path, tiny_dataset_id, monkeypatch):

@@ -364,3 +364,22 @@ def test_penalty_reward_units_refuses_unknown_values():
 
     with pytest.raises(ConfigError, match="penalty_reward_units='minari'"):
         check_run_config(compose_run_config("mopo", ["world_model.penalty_reward_units=minari"]))
+
+
+def test_a_model_based_run_on_a_dataset_with_its_own_rollout_values_is_told_to_use_them():
+    from types import SimpleNamespace
+
+    from agents.core.entry import rollout_mismatch
+
+    def cfg(kind):
+        return SimpleNamespace(world_model=SimpleNamespace(kind=kind))
+
+    choices = {"dataset": "hopper-medium-replay", "rollout": "halfcheetah-medium-replay"}
+    line = rollout_mismatch(cfg("ensemble"), choices, ["dataset=hopper-medium-replay"])
+    assert "rollout=hopper-medium-replay" in line and "configs/rollout/hopper-medium-replay.yaml" in line
+    assert rollout_mismatch(cfg("none"), choices, []) is None  # model-free: no rollouts at all
+    assert rollout_mismatch(cfg("ensemble"), choices, ["rollout=halfcheetah-medium-replay"]) is None  # named
+    assert rollout_mismatch(cfg("ensemble"), choices | {"rollout": "hopper-medium-replay"}, []) is None
+    assert rollout_mismatch(cfg("ensemble"), {"dataset": "default", "rollout": "halfcheetah-medium-replay"},
+                            []) is None
+    assert rollout_mismatch(cfg("ensemble"), {"dataset": "hopper-random", "rollout": "default"}, []) is None

@@ -152,7 +152,11 @@ def run(agent_cls: type[Agent], config_cls: type, name: str) -> None:
         nonlocal started
         started = True
         stderr.release()
-        execute(agent_cls, cfg, Path(HydraConfig.get().runtime.output_dir))
+        hydra_cfg = HydraConfig.get()
+        warning = rollout_mismatch(cfg, dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        execute(agent_cls, cfg, Path(hydra_cfg.runtime.output_dir))
 
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         print(f"python -m agents.{name}: {introduction(agent_cls)}\n")
@@ -212,6 +216,22 @@ def _passthrough_stderr() -> HeldStderr:
     held = HeldStderr(sys.stderr)
     held.holding = False
     return held
+
+
+def rollout_mismatch(cfg, choices: dict[str, str], task_overrides: list[str]) -> str | None:
+    """A model-based run on a dataset that has MOPO's tuned (h, lambda) in configs/rollout/<dataset>.yaml, but
+    with another rollout config that the command line did not name: the agent's default is written for the
+    default dataset, so say which values to add (benchmarks.suite adds them itself)."""
+    dataset, rollout = choices.get("dataset"), choices.get("rollout")
+    if cfg.world_model.kind == "none" or dataset in (None, "default", rollout):
+        return None
+    if any(o.split("=", 1)[0].lstrip("+~") == "rollout" for o in task_overrides):
+        return None
+    if not (Path(CONFIG_DIR) / "rollout" / f"{dataset}.yaml").exists():
+        return None
+    return (f"dataset={dataset} has its own MOPO rollout values (configs/rollout/{dataset}.yaml: horizon, "
+            f"penalty_coef), but this run uses rollout={rollout}; add rollout={dataset} to use them, or name "
+            "rollout= yourself to silence this.")
 
 
 def unusable_run_dir(argv: list[str]) -> str | None:
