@@ -19,7 +19,7 @@ import torch
 from worldmodels.data.minari_load import DatasetError, load_offline_dataset
 from worldmodels.dynamics import DynamicsEnsemble
 
-DEFAULT_DATASET_ID = "o2o/HalfCheetah-v5/medium-replay-s20000-t30000-seed0-v1"  # configs/dataset/default.yaml
+DEFAULT_DATASET_ID = "o2o/HalfCheetah-v5/medium-replay-s20000-t100000-seed0-v1"  # configs/dataset/default.yaml
 
 
 def evaluate(model: DynamicsEnsemble, data: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, float]:

@@ -32,7 +32,7 @@ class DatasetConfig:
     env_id: str = "HalfCheetah-v5"  # recipe: gymnasium MuJoCo task
     quality: str = "medium-replay"  # recipe: random | medium | medium-replay | expert | medium-expert
     size: int = 20_000  # recipe: transitions in the dataset
-    train_steps: int = 30_000  # recipe: env steps of the behaviour SAC run (expert = its final policy)
+    train_steps: int = 100_000  # recipe: env steps of the behaviour SAC run (configs/dataset/default.yaml: why)
     seed: int = 0  # recipe: seed of the behaviour run and collection
 
 

@@ -110,7 +110,7 @@ class Recipe:
     env_id: str = "HalfCheetah-v5"
     quality: str = "medium-replay"
     size: int = 20_000
-    train_steps: int = 30_000
+    train_steps: int = 100_000  # configs/dataset/default.yaml says why
     seed: int = 0
 
     @property
