@@ -95,9 +95,9 @@ def run_report(run_dir: Path, episodes: int) -> list[str]:
                               seed=seed, device=trainer.device, record=True)
         figs = [gait_figures(np.asarray(e["observations"]), np.asarray(e["actions"]), vel_index, ctrl_weight,
                              low, high) for e in played.episodes]
-        at = (state.get("offline_updates"), state.get("env_steps")) if "offline_updates" in state else \
-            (state["trainer"]["offline_updates"], state["trainer"]["env_steps"])
-        lines.append(row(f"{at[0]} / {at[1]}", normalized(float(played.returns.mean()), trainer.ref_scores), figs))
+        at = state if "offline_updates" in state else state["trainer"]  # a kept policy, or a checkpoint
+        score = normalized(float(played.returns.mean()), trainer.ref_scores)
+        lines.append(row(f"{at['offline_updates']} / {at['env_steps']}", score, figs))
     return lines
 
 
@@ -118,10 +118,8 @@ def dataset_report(dataset_id: str) -> list[str]:
     refs = (ds.ref_min_score, ds.ref_max_score)
     obs, act, rew = np.asarray(ds.observations), np.asarray(ds.actions), np.asarray(ds.rewards)
     lines = [HEADER.format("logged episode (rows)")]
-    all_figs = []
     for s, e in zip(starts, ends, strict=True):
         figs = gait_figures(obs[s:e + 1], act[s:e + 1], vel_index, ctrl_weight, low, high)
-        all_figs.append(figs)
         lines.append(row(f"{s}-{e}", normalized(float(rew[s:e + 1].sum()), refs), [figs]))
     total = gait_figures(obs, act, vel_index, ctrl_weight, low, high)
     lines.append(row("all rows", float("nan"), [total]).replace("| nan |", "| |"))
