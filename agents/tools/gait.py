@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -31,6 +33,7 @@ from agents.core.entry import USER_ERRORS, one_line
 from agents.core.trainer import POLICIES_DIR
 from agents.tools.exploitation import load_trainer
 from worldmodels.data.minari_load import load_offline_dataset
+from worldmodels.data.validate import validate
 from worldmodels.envs import make_env, run_episodes
 
 #: planar walkers whose observation is qpos[1:] then qvel: obs[1] is the torso angle, obs[nq - 1] = qvel[0]
@@ -38,23 +41,35 @@ from worldmodels.envs import make_env, run_episodes
 PLANAR = ("HalfCheetah", "Hopper", "Walker2d")
 
 
-def body_layout(env_id: str) -> tuple[int, float]:
-    """(index of the forward velocity in the observation, control-cost weight) of a planar walker."""
+@dataclass
+class Body:
+    """What the figures need of a planar walker: where its forward velocity sits in the observation, its
+    control-cost weight, its action box, and its spaces (to validate a dataset against)."""
+    vel_index: int
+    ctrl_weight: float
+    act_low: np.ndarray
+    act_high: np.ndarray
+    observation_space: gym.Space
+    action_space: gym.Space
+
+
+def body_of(env_id: str) -> Body:
     if env_id.split("-")[0] not in PLANAR:
         raise ConfigError(f"{env_id}: this tool reads planar walkers only ({', '.join(PLANAR)}).")
     env = make_env(env_id)
     try:
-        return env.unwrapped.model.nq - 1, float(env.unwrapped._ctrl_cost_weight)
+        return Body(env.unwrapped.model.nq - 1, float(env.unwrapped._ctrl_cost_weight),
+                    np.asarray(env.action_space.low), np.asarray(env.action_space.high),
+                    env.observation_space, env.action_space)
     finally:
         env.close()
 
 
-def gait_figures(obs: np.ndarray, act: np.ndarray, vel_index: int, ctrl_weight: float,
-                 act_low: np.ndarray, act_high: np.ndarray) -> dict[str, float]:
+def gait_figures(obs: np.ndarray, act: np.ndarray, body: Body) -> dict[str, float]:
     """Means over one episode's steps: obs [T(+1), obs_dim], act [T, act_dim]."""
-    half, mid = (act_high - act_low) / 2, (act_high + act_low) / 2
-    return {"forward velocity": float(obs[:, vel_index].mean()),
-            "control cost per step": float(ctrl_weight * np.square(act).sum(-1).mean()),
+    half, mid = (body.act_high - body.act_low) / 2, (body.act_high + body.act_low) / 2
+    return {"forward velocity": float(obs[:, body.vel_index].mean()),
+            "control cost per step": float(body.ctrl_weight * np.square(act).sum(-1).mean()),
             "upside down": float(np.mean(np.abs(obs[:, 1]) > math.pi / 2)),
             "actions at the edge": float(np.mean(np.abs((act - mid) / half) > 0.95))}
 
@@ -81,9 +96,7 @@ def policies_of(run_dir: Path) -> list[Path]:
 
 def run_report(run_dir: Path, episodes: int) -> list[str]:
     trainer, _ = load_trainer(run_dir, model_based=False)
-    env_id = trainer.summary_extra["env_id"]
-    vel_index, ctrl_weight = body_layout(env_id)
-    low, high = action_box(env_id)
+    body = body_of(trainer.summary_extra["env_id"])
     lines = [HEADER.format("offline updates / env steps")]
     for path in policies_of(run_dir):
         state = load_checkpoint(path, trainer.device)  # plain data only
@@ -93,35 +106,26 @@ def run_report(run_dir: Path, episodes: int) -> list[str]:
         seed, n = (state["eval_seed"], state["eval_episodes"]) if "eval_seed" in state else (10**6, episodes)
         played = run_episodes(trainer.env_fn, lambda o: trainer.agent.act(o, deterministic=True), n,
                               seed=seed, device=trainer.device, record=True)
-        figs = [gait_figures(np.asarray(e["observations"]), np.asarray(e["actions"]), vel_index, ctrl_weight,
-                             low, high) for e in played.episodes]
+        figs = [gait_figures(np.asarray(e["observations"]), np.asarray(e["actions"]), body) for e in played.episodes]
         at = state if "offline_updates" in state else state["trainer"]  # a kept policy, or a checkpoint
         score = normalized(float(played.returns.mean()), trainer.ref_scores)
         lines.append(row(f"{at['offline_updates']} / {at['env_steps']}", score, figs))
     return lines
 
 
-def action_box(env_id: str) -> tuple[np.ndarray, np.ndarray]:
-    env = make_env(env_id)
-    try:
-        return np.asarray(env.action_space.low), np.asarray(env.action_space.high)
-    finally:
-        env.close()
-
-
 def dataset_report(dataset_id: str) -> list[str]:
     ds = load_offline_dataset(dataset_id)
-    vel_index, ctrl_weight = body_layout(ds.env_id)
-    low, high = action_box(ds.env_id)
+    body = body_of(ds.env_id)
+    validate(ds, body.observation_space, body.action_space)  # wrong shapes, NaNs ...: one DatasetError line
     ends = np.flatnonzero(np.asarray(ds.terminations) | np.asarray(ds.truncations))
     starts = np.r_[0, ends[:-1] + 1]
     refs = (ds.ref_min_score, ds.ref_max_score)
     obs, act, rew = np.asarray(ds.observations), np.asarray(ds.actions), np.asarray(ds.rewards)
     lines = [HEADER.format("logged episode (rows)")]
     for s, e in zip(starts, ends, strict=True):
-        figs = gait_figures(obs[s:e + 1], act[s:e + 1], vel_index, ctrl_weight, low, high)
+        figs = gait_figures(obs[s:e + 1], act[s:e + 1], body)
         lines.append(row(f"{s}-{e}", normalized(float(rew[s:e + 1].sum()), refs), [figs]))
-    total = gait_figures(obs, act, vel_index, ctrl_weight, low, high)
+    total = gait_figures(obs, act, body)
     lines.append(row("all rows", float("nan"), [total]).replace("| nan |", "| |"))
     return lines
 
