@@ -142,9 +142,12 @@ def rollout_for(agent: str, dataset: str, overrides: dict[str, str]) -> dict[str
     """A model-based agent on a dataset with MOPO's tuned (h, lambda) in configs/rollout/<dataset>.yaml runs
     with them (rollout=<dataset>), unless the suite's overrides name a rollout. The default dataset keeps the
     agent's own choice, which is written for it (configs/rollout/default.yaml is the base of the others)."""
-    if "rollout" in overrides or dataset == "default" or not model_based(agent):
+    from agents.core.entry import dataset_rollout
+
+    own = dataset_rollout(dataset)
+    if "rollout" in overrides or own is None or not model_based(agent):
         return {}
-    return {"rollout": dataset} if (CONFIG_DIR / "rollout" / f"{dataset}.yaml").exists() else {}
+    return {"rollout": own}
 
 
 def plan(suite: Suite, out: Path) -> list[Job]:

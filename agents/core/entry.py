@@ -218,16 +218,24 @@ def _passthrough_stderr() -> HeldStderr:
     return held
 
 
+def dataset_rollout(dataset: str | None) -> str | None:
+    """The rollout config written for a dataset config (MOPO's tuned h and lambda), if there is one. The
+    default dataset has none of its own: each model-based agent's root config picks the rollout for it
+    (configs/rollout/default.yaml is the base of the others)."""
+    if dataset in (None, "default"):
+        return None
+    return dataset if (Path(CONFIG_DIR) / "rollout" / f"{dataset}.yaml").exists() else None
+
+
 def rollout_mismatch(cfg, choices: dict[str, str], task_overrides: list[str]) -> str | None:
     """A model-based run on a dataset that has MOPO's tuned (h, lambda) in configs/rollout/<dataset>.yaml, but
     with another rollout config that the command line did not name: the agent's default is written for the
     default dataset, so say which values to add (benchmarks.suite adds them itself)."""
     dataset, rollout = choices.get("dataset"), choices.get("rollout")
-    if cfg.world_model.kind == "none" or dataset in (None, "default", rollout):
+    own = dataset_rollout(dataset)
+    if cfg.world_model.kind == "none" or own is None or own == rollout:
         return None
     if any(o.split("=", 1)[0].lstrip("+~") == "rollout" for o in task_overrides):
-        return None
-    if not (Path(CONFIG_DIR) / "rollout" / f"{dataset}.yaml").exists():
         return None
     return (f"dataset={dataset} has its own MOPO rollout values (configs/rollout/{dataset}.yaml: horizon, "
             f"penalty_coef), but this run uses rollout={rollout}; add rollout={dataset} to use them, or name "
