@@ -130,6 +130,9 @@ class ACA(SAC):
         if cfg.pessimism_beta:  # the aligned critic's online target has no place for U; refuse, never ignore
             raise ConfigError(f"agent.pessimism_beta={cfg.pessimism_beta}: ACA's aligned critic does not take the "
                               "Q-ensemble penalty; leave it at 0.")
+        if cfg.critic_layer_norm:  # critic_from_baseline copies a plain MLP's layers; refuse rather than ignore
+            raise ConfigError("agent.critic_layer_norm=true: ACA's critic is re-parameterized from a value "
+                              "network without LayerNorm; leave it false.")
         super().__init__(cfg, spec, device)
         self.baseline = ValueEnsemble(spec.obs_dim, cfg.num_critics, cfg.hidden).to(device)  # Z, as many as critics
         self.ref_actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.act_scale, spec.act_bias,

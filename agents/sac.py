@@ -38,6 +38,9 @@ class SACConfig:
     # critics at (s', a'). 0 = off (Haarnoja et al. 2018 has none); the seed table's UPQ presets are 0.1,
     # 0.01 and 0.001 (../shared/REFERENCES-O2O.md section 10)
     pessimism_beta: float = 0.0
+    # LayerNorm between each hidden layer of the critics and its ReLU (RLPD, Ball et al. 2023, who use it to
+    # keep Q from extrapolating upward off the data). False = Haarnoja et al. 2018's plain MLP critics.
+    critic_layer_norm: bool = False
 
 
 class SAC(Agent):
@@ -48,8 +51,9 @@ class SAC(Agent):
         super().__init__(cfg, spec, device)
         self.normalizer = ObsNormalizer(spec.obs_dim)
         self.actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.act_scale, spec.act_bias, cfg.hidden)
-        self.critic = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden)
-        self.critic_target = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden)
+        self.critic = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden, cfg.critic_layer_norm)
+        self.critic_target = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden,
+                                            cfg.critic_layer_norm)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha)).log())

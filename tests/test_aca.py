@@ -186,3 +186,11 @@ def test_pessimism_penalty_is_refused_not_ignored():
     spec = EnvSpec(3, 2, -torch.ones(2), torch.ones(2))
     with pytest.raises(ConfigError, match="pessimism_beta"):
         ACA(ACAConfig(hidden=[8, 8], pessimism_beta=0.01), spec, torch.device("cpu"))
+
+
+def test_critic_layer_norm_is_refused_not_ignored():
+    """ACA copies a plain value network's layers into its critic at the switch; a LayerNorm critic has no
+    place for them."""
+    spec = EnvSpec(3, 2, -torch.ones(2), torch.ones(2))
+    with pytest.raises(ConfigError, match="critic_layer_norm"):
+        ACA(ACAConfig(hidden=[8, 8], critic_layer_norm=True), spec, torch.device("cpu"))

@@ -3,6 +3,7 @@ reference computation."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -202,6 +203,28 @@ def test_sac_update_with_fixed_alpha_keeps_alpha_and_moves_only_its_nets():
     assert torch.allclose(after["critic_target.head.weight"], expected, atol=1e-7)
 
 
+def test_sac_with_layer_norm_critics_trains_them_and_resumes_exactly():
+    """agent.critic_layer_norm: the norms' scales move with the critic, the target tracks them by Polyak,
+    and a state dict loaded into a fresh agent gives the same next update (the norms are checkpointed)."""
+    torch.manual_seed(0)
+    agent = SAC(SACConfig(hidden=[8, 8], critic_layer_norm=True), SPEC, CPU)
+    before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, torch.Tensor)}
+    agent.update(make_batch(16), Progress("offline", 0, 0, 0, 1, 0))
+    after = agent.state_dict()
+    assert not torch.equal(after["critic.norms.0.weight"], before["critic.norms.0.weight"])
+    expected = 0.995 * before["critic_target.norms.0.weight"] + 0.005 * after["critic.norms.0.weight"]
+    assert torch.allclose(after["critic_target.norms.0.weight"], expected, atol=1e-7)
+    twin = SAC(SACConfig(hidden=[8, 8], critic_layer_norm=True), SPEC, CPU)
+    twin.load_state_dict(copy.deepcopy(agent.state_dict()))  # a copy, as a checkpoint file is: Adam's moments
+    rng = torch.get_rng_state()
+    agent.update(make_batch(16, seed=1), Progress("offline", 1, 0, 1, 1, 0))
+    torch.set_rng_state(rng)
+    twin.update(make_batch(16, seed=1), Progress("offline", 1, 0, 1, 1, 0))
+    for (k, a), b in zip(agent.state_dict().items(), twin.state_dict().values(), strict=True):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), k
+
+
 # --- networks ---------------------------------------------------------------------------------
 def test_soft_update_is_polyak_average():
     torch.manual_seed(0)
@@ -234,6 +257,43 @@ def test_critic_ensemble_equals_per_member_forward():
         assert torch.allclose(q_n[i], member_forward(critic, i, obs_n[i], act_n[i]), atol=1e-6)
     # members are independent networks, not copies
     assert not torch.allclose(q[0], q[1])
+
+
+def test_layer_norm_critic_equals_per_member_reference():
+    """critic_layer_norm (RLPD): Linear -> LayerNorm -> ReLU per member, checked against torch's own
+    F.layer_norm on each member's slice with that member's scale and shift; a members subset runs only those."""
+    torch.manual_seed(0)
+    critic = CriticEnsemble(4, 3, num_critics=4, hidden=[7, 6], layer_norm=True)
+    perturb(critic, 1)  # scales and shifts away from 1 and 0, distinct per member
+    obs, act = torch.randn(9, 4), torch.randn(9, 3)
+    q = critic(obs, act)  # [4, 9]
+    for i in range(4):
+        x = torch.cat([obs, act], -1)
+        for layer, norm in zip(critic.hidden, critic.norms, strict=True):
+            h = x @ layer.weight[i] + layer.bias[i, 0]
+            x = torch.relu(torch.nn.functional.layer_norm(h, (h.shape[-1],), norm.weight[i, 0], norm.bias[i, 0],
+                                                          eps=1e-6))
+        expected = (x @ critic.head.weight[i] + critic.head.bias[i, 0]).squeeze(-1)
+        assert torch.allclose(q[i], expected, atol=1e-5)
+    subset = torch.tensor([3, 1])
+    assert torch.allclose(critic(obs, act, members=subset), q[subset], atol=1e-6)
+    # the plain critic is unchanged by the option's existence: no norm parameters, the same state-dict keys
+    plain = CriticEnsemble(4, 3, num_critics=4, hidden=[7, 6])
+    assert plain.norms is None
+    assert set(plain.state_dict()) == {k for k in critic.state_dict() if not k.startswith("norms.")}
+
+
+def test_layer_norm_bounds_q_far_off_the_data():
+    """Why RLPD normalizes: with LayerNorm the features entering the head have norm sqrt(H) whatever the
+    input, so |Q| has a bound set by the weights alone, while the plain critic's Q grows with the input."""
+    torch.manual_seed(0)
+    normed = CriticEnsemble(4, 3, num_critics=2, hidden=[16, 16], layer_norm=True)
+    plain = CriticEnsemble(4, 3, num_critics=2, hidden=[16, 16])
+    obs, act = torch.randn(64, 4), torch.randn(64, 3)
+    bound = (normed.head.weight.norm(dim=(1, 2)) * 16 ** 0.5 + normed.head.bias.abs().view(-1)).view(2, 1)
+    for scale in (1.0, 1e3):
+        assert (normed(obs * scale, act * scale).abs() <= bound + 1e-4).all()
+    assert plain(obs * 1e3, act * 1e3).abs().max() > 100 * plain(obs, act).abs().max()
 
 
 def test_tanh_gaussian_log_prob_consistency():

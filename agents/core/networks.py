@@ -52,14 +52,37 @@ class ObsNormalizer(nn.Module):
         return (obs - self.mean) / self.std
 
 
-class CriticEnsemble(nn.Module):
-    """N independent Q-networks evaluated together: Q(s, a) -> [N, B]."""
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim with a learned scale and shift per member: x [E, B, H] -> [E, B, H].
 
-    def __init__(self, obs_dim: int, act_dim: int, num_critics: int = 2, hidden: Sequence[int] = (256, 256)):
+    The critic's normalization of RLPD (Ball et al. 2023, `critic_layer_norm`: Dense -> LayerNorm -> ReLU on
+    every hidden layer, flax's eps 1e-6), which bounds how far Q can extrapolate off the data."""
+
+    def __init__(self, width: int, ensemble_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(ensemble_size, 1, width))  # [E, 1, H]
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, width))  # [E, 1, H]
+
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight.index_select(0, members), bias.index_select(0, members)
+        return torch.addcmul(bias, nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps), weight)
+
+
+class CriticEnsemble(nn.Module):
+    """N independent Q-networks evaluated together: Q(s, a) -> [N, B]. `layer_norm` puts RLPD's LayerNorm
+    (EnsembleLayerNorm) between every hidden layer and its ReLU; off, the module is exactly the plain MLP."""
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int = 2, hidden: Sequence[int] = (256, 256),
+                 layer_norm: bool = False):
         super().__init__()
         self.num_critics = num_critics
         dims = [obs_dim + act_dim, *hidden]
         self.hidden = nn.ModuleList(EnsembleLinear(i, o, num_critics) for i, o in zip(dims[:-1], dims[1:], strict=True))
+        # no norms at all when off, so the state dict (and every checkpoint) is what it was before the option
+        self.norms = nn.ModuleList(EnsembleLayerNorm(o, num_critics) for o in dims[1:]) if layer_norm else None
         self.head = Float32EnsembleLinear(dims[-1], 1, num_critics)
 
     def forward(self, obs: Tensor, act: Tensor, members: Tensor | None = None) -> Tensor:
@@ -68,8 +91,11 @@ class CriticEnsemble(nn.Module):
         x = torch.cat([obs, act], dim=-1)  # [B, in] (shared) or [N or M, B, in] (per critic)
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.num_critics if members is None else len(members), *x.shape)
-        for layer in self.hidden:
-            x = torch.relu(layer(x, members))  # [N or M, B, hidden]
+        for i, layer in enumerate(self.hidden):
+            x = layer(x, members)  # [N or M, B, hidden]
+            if self.norms is not None:
+                x = self.norms[i](x, members)
+            x = torch.relu(x)
         return self.head(x, members).squeeze(-1)  # [N or M, B]
 
 
