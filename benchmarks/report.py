@@ -5,8 +5,10 @@
 Every directory holding a summary.json below the given ones is a finished run (folders named
 `previous/`, the results a `resume=false` moved aside, are skipped); run directories without
 one are listed as unfinished. Runs are grouped by agent (the summary's `agent`) and dataset (its
-`dataset_id`); the seeds of a group are its runs. Runs whose data under one id differ (the summary's
-`dataset_sha256`: a recipe dataset rebuilt on another machine or with other code) are never pooled:
+`dataset_id`); the seeds of a group are its runs. Runs of one agent whose configs differ on the same
+dataset are variants, each its own column named by what differs: `pex (selection_penalty=1.0)`.
+Runs whose data under one id differ (the summary's `dataset_sha256`: a recipe dataset rebuilt on
+another machine or with other code) are never pooled:
 each version becomes its own dataset row, named `id @sha`, and report.md says so.
 
 report.md holds:
@@ -122,7 +124,7 @@ def find_runs(dirs: list[Path]) -> tuple[list[Run], list[Path]]:
                             int(s["seed"]), s.get("offline_score"), s.get("online_score"),
                             read_evals(run_dir / "eval.csv"), OmegaConf.to_container(OmegaConf.load(cfg)),
                             s.get("dataset_id"), s.get("dataset_sha256")))
-    return split_versions(runs), unfinished
+    return label_variants(split_versions(runs)), unfinished
 
 
 def split_versions(runs: list[Run]) -> list[Run]:
@@ -144,6 +146,51 @@ def version_note(runs: list[Run]) -> str:
             by_id[r.dataset_id].add(r.dataset)
     return "\n".join(f"- `{i}` has {len(v)} versions among these runs ({', '.join(sorted(v))}): their seeds are "
                      "not pooled; rebuild or copy one version to compare them." for i, v in sorted(by_id.items()))
+
+
+# The config sections that define what an agent learns; a run's other settings (seed, threads, device,
+# evaluation and logging cadence, the dataset that names the row) never make a variant.
+VARIANT_SECTIONS = ("agent", "world_model", "rollout", "sampler", "uncertainty")
+VARIANT_TRAINER_KEYS = ("offline_updates", "online_steps", "updates_per_step", "warmup_steps", "batch_size",
+                        "precision")
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else str(v)
+    return out
+
+
+def variant_settings(config: dict) -> dict[str, str]:
+    """The flattened settings of a run's config that make it a variant of its agent."""
+    picked = {k: config[k] for k in VARIANT_SECTIONS if k in config}
+    picked["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k in VARIANT_TRAINER_KEYS}
+    return _flat(picked)
+
+
+def label_variants(runs: list[Run]) -> list[Run]:
+    """Name runs of one agent apart when their configs differ on one dataset (PEX with and without
+    `agent.selection_penalty`): `pex (selection_penalty=1.0)`. The keys are those that differ between runs of
+    the agent on the same dataset; a value that differs only across datasets (MOPO's per-dataset rollout
+    values) does not split the agent."""
+    settings = {id(r): variant_settings(r.config) for r in runs}
+    keys: dict[str, set[str]] = defaultdict(set)  # agent -> distinguishing keys
+    by_group: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for r in runs:
+        by_group[(r.agent, r.dataset)].append(r)
+    for (agent, _), rs in by_group.items():
+        every = set().union(*(settings[id(r)] for r in rs))
+        keys[agent] |= {k for k in every if len({settings[id(r)].get(k) for r in rs}) > 1}
+    for r in runs:
+        if keys[r.agent]:
+            shown = ", ".join(f"{k.removeprefix('agent.')}={settings[id(r)].get(k, 'unset')}"
+                              for k in sorted(keys[r.agent]))
+            r.agent = f"{r.agent} ({shown})"
+    return runs
 
 
 def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:

@@ -82,9 +82,9 @@ RUNS = {
 }
 
 
-def write_run(path, agent, dataset, seed, offline, online, sha=None):
+def write_run(path, agent, dataset, seed, offline, online, sha=None, config=""):
     path.mkdir(parents=True)
-    (path / "run_config.yaml").write_text(f"seed: {seed}\ndataset:\n  id: {dataset}\n")
+    (path / "run_config.yaml").write_text(f"seed: {seed}\ndataset:\n  id: {dataset}\n{config}")
     rows = []
     switch = OFFLINE_STEPS if offline is not None else 0
     if offline is not None:
@@ -165,6 +165,27 @@ def test_runs_on_two_versions_of_one_dataset_are_not_pooled(tmp_path):
     assert R.main([str(root), f"out={out}", "reps=50"]) == 0
     text = (out / "report.md").read_text()
     assert row(text, "test/d1-v0")[1] == "15.0 ± 5.0" and "versions among" not in text
+
+
+def test_variants_of_one_agent_get_their_own_columns(tmp_path):
+    """Two PEX configs on one dataset are two columns named by what differs; a rollout value that differs
+    only between datasets (MOPO's per-dataset lambda) and the evaluation cadence split nothing."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for kappa, off in (("0.0", 10.0), ("1.0", 30.0)):
+            write_run(root / f"pex-k{kappa}-s{seed}", "pex", "test/d1-v0", seed, off + seed, [off] * 3,
+                      config=f"agent:\n  selection_penalty: {kappa}\n  beta: 10.0\n"
+                             f"trainer:\n  eval_every: {1000 * (seed + 1)}\n")
+        for ds, lam in (("test/d1-v0", 0.5), ("test/d2-v0", 2.5)):
+            write_run(root / f"mopo-{ds.replace('/', '_')}-s{seed}", "mopo", ds, seed, 5.0, [5.0] * 3,
+                      config=f"rollout:\n  penalty_coef: {lam}\n")
+    out = tmp_path / "report"
+    assert R.main([str(root), f"out={out}", "reps=50"]) == 0
+    text = (out / "report.md").read_text()
+    assert row(text, "pex (selection_penalty=0.0)")[1:4] == ["test/d1-v0", "2", "10.5 ± 0.5"]
+    assert row(text, "pex (selection_penalty=1.0)")[1:4] == ["test/d1-v0", "2", "30.5 ± 0.5"]
+    assert [r[1] for r in (row(text, "mopo"),)] == ["test/d1-v0"]  # one mopo column, on both datasets
+    assert "mopo (" not in text
 
 
 def test_curve_is_the_mean_over_seeds_at_each_step(runs_dir):
