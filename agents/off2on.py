@@ -77,8 +77,9 @@ class Off2On(Agent):
         self.normalizer = ObsNormalizer(spec.obs_dim)
         self.actor = EnsembleTanhGaussianActor(spec.obs_dim, spec.act_dim, spec.act_scale, spec.act_bias,
                                                cfg.hidden, e)
-        self.critic = CriticEnsemble(spec.obs_dim, spec.act_dim, 2 * e, cfg.hidden)  # 2i + j: member i, twin j
-        self.critic_target = CriticEnsemble(spec.obs_dim, spec.act_dim, 2 * e, cfg.hidden)
+        # 2i + j: member i, twin j
+        self.critic = CriticEnsemble(spec.obs_dim, spec.act_dim, 2 * e, cfg.hidden, cfg.critic_layer_norm)
+        self.critic_target = CriticEnsemble(spec.obs_dim, spec.act_dim, 2 * e, cfg.hidden, cfg.critic_layer_norm)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.full((e,), math.log(cfg.init_alpha)))  # [E] offline, per member

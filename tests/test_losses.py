@@ -346,3 +346,28 @@ def test_actions_stay_within_asymmetric_bounds():
     assert torch.all(candidates["random"].min(0).values < LOW + 0.1)
     assert torch.all(candidates["random"].max(0).values > HIGH - 0.1)
     assert torch.all(candidates["td3"].max(0).values > HIGH - 0.1)
+
+
+def test_every_agent_with_the_critic_layer_norm_switch_builds_it_or_refuses():
+    """The switch lives on SACConfig, so every agent whose config inherits it either puts LayerNorm in every
+    critic it builds (Off2On and UPQ build their own) or refuses it in one ConfigError; never ignores it."""
+    from agents.core.config import ConfigError
+    from agents.core.networks import EnsembleLayerNorm
+    from agents.core.registry import discover_agents
+
+    checked = []
+    for name, (agent_cls, config_cls) in sorted(discover_agents().items()):
+        if "critic_layer_norm" not in config_cls.__dataclass_fields__:
+            continue
+        torch.manual_seed(0)
+        try:
+            agent = agent_cls(config_cls(hidden=[8, 8], critic_layer_norm=True), SPEC, CPU)
+        except ConfigError as err:
+            assert "critic_layer_norm" in str(err), name
+            checked.append(name)
+            continue
+        critics = [m for m in agent.modules() if isinstance(m, CriticEnsemble)]
+        assert critics and all(c.norms is not None for c in critics), name
+        assert all(isinstance(n, EnsembleLayerNorm) for c in critics for n in c.norms), name
+        checked.append(name)
+    assert {"sac", "cql", "calql", "mopo", "moore", "redq", "off2on", "upq", "aca"} <= set(checked)
