@@ -102,13 +102,32 @@ def agent_run_config(agent_name: str):
         return OmegaConf.to_object(compose(config_name=agent_name))
 
 
+def set_fields(cfg, assignments: list[str]) -> dict[str, object]:
+    """Apply `field=value` to the agent config (values parsed as YAML: true, 0.5, [256,256]); returns them."""
+    import dataclasses
+
+    import yaml
+
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    applied = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item}: give FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
+        applied[key] = yaml.safe_load(text)
+        setattr(cfg, key, applied[key])
+    return applied
+
+
 def measure(agent_name: str, seconds: float, device: torch.device, batch_size: int = 256,
             critics: int | None = None, hidden: list[int] | None = None, flops: bool = False,
-            phase: str = "offline", precision: str = "float32") -> dict:
+            phase: str = "offline", precision: str = "float32", settings: list[str] | None = None,
+            compile_update: bool = False) -> dict:
     agent_cls, config_cls = AGENTS[agent_name]
     spec = EnvSpec(17, 6, -torch.ones(6), torch.ones(6))
     torch.manual_seed(0)
     cfg = config_cls()
+    applied = set_fields(cfg, settings or [])
     if hidden is not None:  # d3rlpy's sizes (256x2) where an agent's default differs (CQL, AWAC: 3x256)
         cfg.hidden = hidden
     if critics is not None:  # e.g. REDQ with 10 critics against 2: the ensemble's marginal cost
@@ -118,6 +137,12 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
         if hasattr(cfg, "num_min"):
             cfg.num_min = min(cfg.num_min, critics)
     agent = agent_cls(cfg, spec, device)
+    update = agent.update
+    if compile_update:  # an experiment, not a run option: inductor over the whole update (graph breaks at backward)
+        from torch import _dynamo
+
+        _dynamo.config.allow_unspec_int_on_nn_module = True  # num_updates += 1 must not recompile
+        update = torch.compile(update)
     store = synthetic_store(100_000, 17, 6, device)
     add_fields(store, agent.transition_fields())  # as the trainer does: Cal-QL's return-to-go
     fill_offline(store, agent.transition_fields())
@@ -155,7 +180,7 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
                     world.generate(lambda o: agent.act(o), lambda n: sampler.sample_real(n, progress))
                 batch = sampler.sample(batch_size, progress)
                 with update_autocast(device, precision):  # as the trainer runs an update (trainer.precision)
-                    info = agent.update(batch, progress)
+                    info = update(batch, progress)
                 sampler.after_update(batch, info)
                 total += 1
             n += 50
@@ -176,7 +201,8 @@ def measure(agent_name: str, seconds: float, device: torch.device, batch_size: i
             "updates_per_second": round(n / elapsed, 1), "updates": n, **arithmetic,
             "seconds": round(elapsed, 2), "batch_size": batch_size, "precision": precision,
             "hidden": list(getattr(cfg, "hidden", [256, 256])),  # the agent's default (CQL: CORL's 3x256)
-            "critics": getattr(cfg, "num_critics", None),
+            "critics": getattr(cfg, "num_critics", None), **({"set": applied} if applied else {}),
+            **({"compiled": True} if compile_update else {}),
             "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -192,14 +218,23 @@ def main() -> None:
                         help="time the offline update (uniform batches) or the online one (after the switch)")
     parser.add_argument("--precision", choices=UPDATE_PRECISIONS, default="float32",
                         help="the updates' matmul dtype, as trainer.precision sets it for a run")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="an agent config field, e.g. --set critic_layer_norm=true (repeatable)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time torch.compile(agent.update) instead of the eager update (an experiment)")
     args = parser.parse_args()
     try:
         keep_freed_memory_checked()  # worldmodels/memory.py; O2O_KEEP_FREED_MEMORY=0 measures without
         device = resolve_device(args.device)
     except ConfigError as err:
         parser.error(str(err))  # one line, exit status 2
+    try:
+        set_fields(AGENTS[args.agent][1](), args.set)  # a bad --set fails here in one line, before any work
+    except ValueError as err:
+        parser.error(str(err))
     print(json.dumps(measure(args.agent, args.seconds, device, critics=args.critics, hidden=args.hidden,
-                             flops=args.flops, phase=args.phase, precision=args.precision)))
+                             flops=args.flops, phase=args.phase, precision=args.precision, settings=args.set,
+                             compile_update=args.compile)))
 
 
 if __name__ == "__main__":

@@ -41,3 +41,20 @@ def test_flop_count_grows_with_the_batch():
 
     assert count_update_flops(Linear(), Sampler(10), None, 10, updates=3) == 2 * 10 * 4 * 3
     assert count_update_flops(Linear(), Sampler(20), None, 20, updates=3) == 2 * 20 * 4 * 3
+
+
+def test_set_changes_the_timed_agents_config_and_refuses_unknown_fields():
+    """--set FIELD=VALUE sets the timed agent's config field (YAML-parsed) and says so in the figure's line; a
+    field the config lacks is one error naming the fields there are."""
+    import pytest
+
+    from benchmarks.throughput import AGENTS, set_fields
+
+    plain = measure("sac", 0.01, CPU, batch_size=32, hidden=[8])
+    normed = measure("sac", 0.01, CPU, batch_size=32, hidden=[8], settings=["critic_layer_norm=true"])
+    assert normed["set"] == {"critic_layer_norm": True} and "set" not in plain
+    cfg = AGENTS["sac"][1]()
+    assert set_fields(cfg, ["hidden=[64, 64]", "pessimism_beta=0.01"]) == {"hidden": [64, 64], "pessimism_beta": 0.01}
+    assert cfg.hidden == [64, 64] and cfg.pessimism_beta == 0.01
+    with pytest.raises(ValueError, match="critic_layer_norm"):
+        set_fields(cfg, ["critic_layer_norms=true"])
