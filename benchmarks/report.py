@@ -150,7 +150,7 @@ def version_note(runs: list[Run]) -> str:
 
 # The config sections that define what an agent learns; a run's other settings (seed, threads, device,
 # evaluation and logging cadence, the dataset that names the row) never make a variant.
-VARIANT_SECTIONS = ("agent", "world_model", "rollout", "sampler", "uncertainty")
+VARIANT_SECTIONS = ("agent", "world_model", "rollout", "sampler")
 VARIANT_TRAINER_KEYS = ("offline_updates", "online_steps", "updates_per_step", "warmup_steps", "batch_size",
                         "precision")
 
