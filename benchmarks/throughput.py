@@ -27,11 +27,13 @@ figure can be read against what the hardware does at all (benchmarks/d3rlpy_thro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from agents.core.agent import EnvSpec, update_autocast
 from agents.core.config import UPDATE_PRECISIONS, ConfigError, keep_freed_memory_checked, resolve_device
@@ -104,10 +106,6 @@ def agent_run_config(agent_name: str):
 
 def set_fields(cfg, assignments: list[str]) -> dict[str, object]:
     """Apply `field=value` to the agent config (values parsed as YAML: true, 0.5, [256,256]); returns them."""
-    import dataclasses
-
-    import yaml
-
     fields = {f.name for f in dataclasses.fields(cfg)}
     applied = {}
     for item in assignments:
