@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 from agents.core.agent import EnvSpec, update_autocast
 from agents.core.config import UPDATE_PRECISIONS, ConfigError, keep_freed_memory_checked, resolve_device
@@ -112,7 +112,7 @@ def set_fields(cfg, assignments: list[str]) -> dict[str, object]:
         key, sep, text = item.partition("=")
         if not sep or key not in fields:
             raise ValueError(f"--set {item}: give FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
-        applied[key] = yaml.safe_load(text)
+        applied[key] = OmegaConf.to_container(OmegaConf.create(f"value: {text}"))["value"]  # YAML
         setattr(cfg, key, applied[key])
     return applied
 
