@@ -30,6 +30,7 @@ a 95% bootstrap band over seeds, the offline -> online switch marked) and `aggre
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import re
@@ -165,11 +166,21 @@ def _flat(config: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def variant_settings(config: dict) -> dict[str, str]:
-    """The flattened settings of a run's config that make it a variant of its agent."""
+def agent_defaults(agent: str) -> dict[str, str]:
+    """The agent config's current defaults, flattened as `agent.<field>` (empty for an agent no longer in agents/):
+    a run written before a field existed ran with what the field's default keeps, so it reads as that default."""
+    from agents.core.registry import discover_agents
+
+    config_cls = discover_agents().get(agent, (None, None))[1]
+    return _flat({"agent": dataclasses.asdict(config_cls())}) if config_cls else {}
+
+
+def variant_settings(config: dict, defaults: dict[str, str] | None = None) -> dict[str, str]:
+    """The flattened settings of a run's config that make it a variant of its agent; agent fields the run's
+    config lacks take `defaults`."""
     picked = {k: config[k] for k in VARIANT_SECTIONS if k in config}
     picked["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k in VARIANT_TRAINER_KEYS}
-    return _flat(picked)
+    return (defaults or {}) | _flat(picked)
 
 
 def label_variants(runs: list[Run]) -> list[Run]:
@@ -177,7 +188,8 @@ def label_variants(runs: list[Run]) -> list[Run]:
     `agent.selection_penalty`): `pex (selection_penalty=1.0)`. The keys are those that differ between runs of
     the agent on the same dataset; a value that differs only across datasets (MOPO's per-dataset rollout
     values) does not split the agent."""
-    settings = {id(r): variant_settings(r.config) for r in runs}
+    defaults = {agent: agent_defaults(agent) for agent in {r.agent for r in runs}}
+    settings = {id(r): variant_settings(r.config, defaults[r.agent]) for r in runs}
     keys: dict[str, set[str]] = defaultdict(set)  # agent -> distinguishing keys
     by_group: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for r in runs:
