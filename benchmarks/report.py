@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from agents.core.registry import discover_agents
+from agents.core.rundir import flat_config
 from benchmarks import estimators as est
 
 PREVIOUS_DIR = "previous"
@@ -156,23 +158,15 @@ VARIANT_TRAINER_KEYS = ("offline_updates", "online_steps", "updates_per_step", "
                         "precision")
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else str(v)
-    return out
+def _settings(tree: dict) -> dict[str, str]:
+    """A nested config as {"a.b": its value as text}, lists as JSON, so two runs' values compare as text."""
+    return {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flat_config(tree).items()}
 
 
-def agent_defaults(agent: str) -> dict[str, str]:
-    """The agent config's current defaults, flattened as `agent.<field>` (empty for an agent no longer in agents/):
-    a run written before a field existed ran with what the field's default keeps, so it reads as that default."""
-    from agents.core.registry import discover_agents
-
-    config_cls = discover_agents().get(agent, (None, None))[1]
-    return _flat({"agent": dataclasses.asdict(config_cls())}) if config_cls else {}
+def agent_defaults(config_cls: type | None) -> dict[str, str]:
+    """An agent config class's current defaults as `agent.<field>` settings (empty for an agent no longer in
+    agents/): a run written before a field existed ran with what the field's default keeps."""
+    return _settings({"agent": dataclasses.asdict(config_cls())}) if config_cls else {}
 
 
 def variant_settings(config: dict, defaults: dict[str, str] | None = None) -> dict[str, str]:
@@ -180,7 +174,7 @@ def variant_settings(config: dict, defaults: dict[str, str] | None = None) -> di
     config lacks take `defaults`."""
     picked = {k: config[k] for k in VARIANT_SECTIONS if k in config}
     picked["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k in VARIANT_TRAINER_KEYS}
-    return (defaults or {}) | _flat(picked)
+    return (defaults or {}) | _settings(picked)
 
 
 def label_variants(runs: list[Run]) -> list[Run]:
@@ -188,7 +182,8 @@ def label_variants(runs: list[Run]) -> list[Run]:
     `agent.selection_penalty`): `pex (selection_penalty=1.0)`. The keys are those that differ between runs of
     the agent on the same dataset; a value that differs only across datasets (MOPO's per-dataset rollout
     values) does not split the agent."""
-    defaults = {agent: agent_defaults(agent) for agent in {r.agent for r in runs}}
+    registry = discover_agents()
+    defaults = {agent: agent_defaults(registry.get(agent, (None, None))[1]) for agent in {r.agent for r in runs}}
     settings = {id(r): variant_settings(r.config, defaults[r.agent]) for r in runs}
     keys: dict[str, set[str]] = defaultdict(set)  # agent -> distinguishing keys
     by_group: dict[tuple[str, str], list[Run]] = defaultdict(list)

@@ -143,8 +143,9 @@ class RunLock:
 
 
 # --- config and results -----------------------------------------------------------------------
-def _flat(cfg) -> dict:
-    """{"a.b.c": value} of a config, interpolations left as written (nothing is resolved)."""
+def flat_config(cfg) -> dict:
+    """{"a.b.c": value} of a config (a DictConfig or a plain nested dict), interpolations left as written
+    (nothing is resolved)."""
     out: dict = {}
 
     def walk(node, prefix):
@@ -154,7 +155,7 @@ def _flat(cfg) -> dict:
             else:
                 out[f"{prefix}{k}"] = v
 
-    walk(OmegaConf.to_container(cfg), "")
+    walk(OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else cfg, "")
     return out
 
 
@@ -163,7 +164,7 @@ def config_diff(old_yaml: str, new_yaml: str, resumable_keys: tuple[str, ...] = 
     old, new = OmegaConf.create(old_yaml), OmegaConf.create(new_yaml)
     if not (isinstance(old, DictConfig) and isinstance(new, DictConfig)):
         raise ValueError("a run config is a mapping")
-    old, new = _flat(old), _flat(new)
+    old, new = flat_config(old), flat_config(new)
     missing = object()  # a key on one side only differs, even from a null on the other
 
     def resumable(key: str) -> bool:
