@@ -76,11 +76,12 @@ class AWAC(Agent):
         return loss, {"loss/critic": loss.detach(), "q/mean": q.detach().mean()}
 
     def actor_loss(self, batch: Batch, obs: Tensor) -> tuple[Tensor, dict]:
+        dist = self.actor.distribution(obs)  # one trunk pass gives both a_pi and log pi(a|s)
         with torch.no_grad():
-            pi_act, _ = self.actor(obs)  # one sample a_pi ~ pi(s) stands in for V(s)
-            q_pi = self.critic(obs, pi_act).min(0).values  # [B]
-            q_data = self.critic(obs, batch.act).min(0).values  # [B]
-        return advantage_weighted_loss(self.actor.log_prob(obs, batch.act), q_data - q_pi,
+            pi_act, _ = self.actor.sample(dist)  # one sample a_pi ~ pi(s) stands in for V(s)
+            # Q(s, a) and Q(s, a_pi) in one critic pass over 2B rows: [2, 2B] -> min over critics -> [2B]
+            q_data, q_pi = self.critic(obs.repeat(2, 1), torch.cat([batch.act, pi_act])).min(0).values.chunk(2)
+        return advantage_weighted_loss(self.actor.log_prob(obs, batch.act, dist), q_data - q_pi,
                                        1.0 / self.cfg.awac_lambda, self.cfg.max_weight)
 
     # --- update ------------------------------------------------------------------

@@ -226,14 +226,18 @@ class GaussianActor(nn.Module):
 
     def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """(action [B, act_dim] in env units, clamped into the bounds; log_prob [B] of the clamped action)."""
-        dist = self.distribution(obs)
+        return self.sample(self.distribution(obs), deterministic)
+
+    def sample(self, dist: Normal, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """`forward` on a distribution already computed (AWAC draws a_pi from the trunk pass its loss uses)."""
         u = (dist.mean if deterministic else dist.rsample()).clamp(-1.0, 1.0)
         return u * self.act_scale + self.act_bias, dist.log_prob(u).sum(-1) - torch.log(self.act_scale).sum()
 
-    def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
-        """log pi(a|s) [B] of env-space actions (the density in env units)."""
+    def log_prob(self, obs: Tensor, act: Tensor, dist: Normal | None = None) -> Tensor:
+        """log pi(a|s) [B] of env-space actions (the density in env units); `dist` reuses a trunk pass."""
         u = (act - self.act_bias) / self.act_scale
-        return self.distribution(obs).log_prob(u).sum(-1) - torch.log(self.act_scale).sum()
+        dist = self.distribution(obs) if dist is None else dist
+        return dist.log_prob(u).sum(-1) - torch.log(self.act_scale).sum()
 
 
 class ValueEnsemble(nn.Module):
