@@ -69,6 +69,9 @@ class Off2On(Agent):
             raise ConfigError(f"agent.num_critics={cfg.num_critics}: Off2On's members are twin critics (2).")
         if cfg.bc_steps:
             raise ConfigError("agent.bc_steps: Off2On has no BC warm-up; leave it at 0.")
+        if cfg.policy_average_tau:
+            raise ConfigError("agent.policy_average_tau: Off2On acts with its members' moment-matched mixture, "
+                              "which has no averaged copy; leave it at 0.")
         if cfg.pessimism_beta and type(self).target_value is Off2On.target_value:  # read by agents/upq.py only
             raise ConfigError("agent.pessimism_beta: Off2On's target has no uncertainty penalty; UPQ "
                               "(python -m agents.upq) is Off2On with it.")

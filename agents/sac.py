@@ -6,6 +6,7 @@ entropy tuning). Online by default; MOPO (agents/mopo.py) is SAC on model-augmen
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +42,12 @@ class SACConfig:
     # LayerNorm between each hidden layer of the critics and its ReLU (RLPD, Ball et al. 2023, who use it to
     # keep Q from extrapolating upward off the data). False = Haarnoja et al. 2018's plain MLP critics.
     critic_layer_norm: bool = False
+    # > 0: the deterministic policy (every evaluation, and the policy a run ends with) is the Polyak average of
+    # the actor's weights, updated after each actor step by actor_average <- (1 - tau) actor_average + tau actor:
+    # iterate averaging (Polyak & Juditsky 1992) against snapshots that swing from one evaluation to the next.
+    # Exploration, rollouts and every loss keep the live actor, so training is the same update for update.
+    # 0 = off: the last iterate, as Haarnoja et al. 2018.
+    policy_average_tau: float = 0.0
 
 
 class SAC(Agent):
@@ -48,9 +55,14 @@ class SAC(Agent):
         if cfg.pessimism_beta < 0 or (cfg.pessimism_beta and cfg.num_critics < 2):
             raise ConfigError(f"agent.pessimism_beta={cfg.pessimism_beta} needs beta >= 0 and, when positive, "
                               f"agent.num_critics >= 2 (got {cfg.num_critics}): U is the std over the critics.")
+        if not 0.0 <= cfg.policy_average_tau <= 1.0:
+            raise ConfigError(f"agent.policy_average_tau={cfg.policy_average_tau} must lie in [0, 1] (0 = off: "
+                              "evaluate the last iterate; 0.001 averages over about 1000 actor steps).")
         super().__init__(cfg, spec, device)
         self.normalizer = ObsNormalizer(spec.obs_dim)
         self.actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.act_scale, spec.act_bias, cfg.hidden)
+        # only when on, so the state dict (and every checkpoint) is what it was before the option
+        self.actor_average = copy.deepcopy(self.actor).requires_grad_(False) if cfg.policy_average_tau else None
         self.critic = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden, cfg.critic_layer_norm)
         self.critic_target = CriticEnsemble(spec.obs_dim, spec.act_dim, cfg.num_critics, cfg.hidden,
                                             cfg.critic_layer_norm)
@@ -72,7 +84,8 @@ class SAC(Agent):
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        return self.actor(self.normalizer(obs), deterministic)[0]
+        averaged = deterministic and self.actor_average is not None  # agent.policy_average_tau
+        return (self.actor_average if averaged else self.actor)(self.normalizer(obs), deterministic)[0]
 
     # --- losses ------------------------------------------------------------------
     def target_value(self, batch: Batch, next_obs: Tensor) -> Tensor:
@@ -133,6 +146,8 @@ class SAC(Agent):
         actor_loss, info = self.actor_loss(batch, obs, progress)
         self.step("actor", actor_loss)
         self.critic.requires_grad_(True)
+        if self.actor_average is not None:
+            soft_update(self.actor_average, self.actor, self.cfg.policy_average_tau)
         log_prob = info.pop("_log_prob")
         if self.cfg.auto_alpha:
             alpha_loss, alpha_info = self.alpha_loss(log_prob)

@@ -225,6 +225,70 @@ def test_sac_with_layer_norm_critics_trains_them_and_resumes_exactly():
             assert torch.equal(a, b), k
 
 
+def test_policy_average_is_the_polyak_recursion_and_leaves_training_unchanged():
+    """agent.policy_average_tau: the same updates as without it (params bit for bit, the live actor explores),
+    the averaged actor follows avg <- (1 - tau) avg + tau actor after every actor step, evaluation
+    (deterministic) reads it, and it is checkpointed (a loaded copy makes the same next update)."""
+    tau = 0.25
+    torch.manual_seed(0)
+    plain = SAC(SACConfig(hidden=[8, 8]), SPEC, CPU)
+    torch.manual_seed(0)
+    agent = SAC(SACConfig(hidden=[8, 8], policy_average_tau=tau), SPEC, CPU)
+    expected = {k: v.clone() for k, v in agent.actor.state_dict().items()}  # starts as the initial actor
+    assert all(torch.equal(v, agent.actor_average.state_dict()[k]) for k, v in expected.items())
+    for i in range(3):
+        rng = torch.get_rng_state()
+        plain.update(make_batch(16, seed=i), Progress("offline", i, 0, i, 10, 0))
+        torch.set_rng_state(rng)
+        agent.update(make_batch(16, seed=i), Progress("offline", i, 0, i, 10, 0))
+        expected = {k: (1 - tau) * v + tau * agent.actor.state_dict()[k] for k, v in expected.items()}
+    for k, v in plain.state_dict().items():  # training unchanged: every shared tensor bit for bit
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, agent.state_dict()[k]), k
+    for k, v in expected.items():
+        assert torch.allclose(agent.actor_average.state_dict()[k], v, atol=1e-6), k
+    assert not torch.allclose(agent.actor_average.trunk[0].weight, agent.actor.trunk[0].weight)
+    obs = torch.randn(5, 4)
+    assert torch.equal(agent.act(obs, deterministic=True), agent.actor_average(obs, deterministic=True)[0])
+    assert torch.equal(plain.act(obs, deterministic=True),
+                       agent.actor(obs, deterministic=True)[0])  # the live actor is the plain agent's
+    torch.manual_seed(5)
+    explored = agent.act(obs)
+    torch.manual_seed(5)
+    assert torch.equal(explored, agent.actor(obs)[0])  # exploration: the live actor
+    twin = SAC(SACConfig(hidden=[8, 8], policy_average_tau=tau), SPEC, CPU)
+    twin.load_state_dict(copy.deepcopy(agent.state_dict()))
+    assert torch.equal(twin.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    with pytest.raises(Exception, match="policy_average_tau"):
+        SAC(SACConfig(hidden=[8, 8], policy_average_tau=1.5), SPEC, CPU)
+
+
+def test_every_agent_with_the_policy_average_switch_builds_it_or_refuses():
+    """The switch lives on SACConfig: every agent whose config inherits it evaluates an averaged actor or
+    refuses it in one ConfigError (Off2On's mixture policy), never ignores it."""
+    from agents.core.config import ConfigError
+    from agents.core.registry import discover_agents
+
+    checked = []
+    for name, (agent_cls, config_cls) in sorted(discover_agents().items()):
+        if "policy_average_tau" not in config_cls.__dataclass_fields__:
+            continue
+        torch.manual_seed(0)
+        try:
+            agent = agent_cls(config_cls(hidden=[8, 8], policy_average_tau=0.5), SPEC, CPU)
+        except ConfigError as err:
+            assert "policy_average_tau" in str(err), name
+            checked.append(name)
+            continue
+        with torch.no_grad():
+            agent.actor_average.trunk[-1].bias.add_(3.0)  # the averaged actor must be the one evaluated
+        obs = torch.randn(4, 4)
+        assert torch.equal(agent.act(obs, deterministic=True), agent.actor_average(obs, deterministic=True)[0]), name
+        assert not torch.equal(agent.act(obs, deterministic=True), agent.actor(obs, deterministic=True)[0]), name
+        checked.append(name)
+    assert {"sac", "cql", "calql", "mopo", "moore", "redq", "off2on", "upq", "aca", "apl_cql"} <= set(checked)
+
+
 # --- networks ---------------------------------------------------------------------------------
 def test_soft_update_is_polyak_average():
     torch.manual_seed(0)
