@@ -226,13 +226,14 @@ def test_uncertainty_and_precision_overrides_reach_the_world_model():
     assert (cfg.world_model.kind, cfg.world_model.uncertainty, cfg.rollout.horizon) == ("ensemble", "disagreement", 5)
     paper = compose_run_config("mopo", ["experiment=paper"])  # MOPO's own values
     assert (paper.world_model.uncertainty, paper.world_model.penalty_units, paper.rollout.real_ratio,
-            paper.agent.init_alpha, paper.agent.critic_layer_norm) == ("aleatoric", None, 0.05, 1.0, False)
+            paper.agent.init_alpha, paper.agent.critic_layer_norm, paper.agent.policy_average_tau) == (
+                "aleatoric", None, 0.05, 1.0, False, 0.0)
     # the quick budget's named departures (configs/agent_experiment/mopo_quick.yaml), for MOORe alike
     for agent in ("mopo", "moore"):
         quick = compose_run_config(agent, [])
         assert (quick.world_model.uncertainty, quick.world_model.penalty_units, quick.rollout.real_ratio,
-                quick.agent.init_alpha, quick.rollout.penalty_coef, quick.agent.critic_layer_norm) == (
-                    "ensemble_std", "aleatoric", 0.5, 0.1, 0.5, True)
+                quick.agent.init_alpha, quick.rollout.penalty_coef, quick.agent.critic_layer_norm,
+                quick.agent.policy_average_tau) == ("ensemble_std", "aleatoric", 0.5, 0.1, 0.5, True, 0.001)
     assert compose_run_config("mopo", []).world_model.train_precision == "auto"
     with pytest.raises(ConfigError, match="world_model=ensemble"):  # an estimator without a model: say so
         check_run_config(compose_run_config("td3bc", ["uncertainty=disagreement"]))
