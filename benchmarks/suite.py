@@ -71,6 +71,15 @@ def fmt(value) -> str:
     return "null" if value is None else str(value)
 
 
+def as_job_value(key: str, value: str) -> str:
+    """A task override's value as hydra's multirun writes it into each job's overrides, and so into the job's
+    directory name: parsed and printed back (true -> True, 1e-3 -> 0.001), as its BasicSweeper does. The
+    suite names the directories it expects with the same text, so it finds the runs a sweep made."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(f"{key}={value}").get_value_element_as_str()
+
+
 def as_list(text) -> list[str]:
     """`[a,b]`, `a,b` or a YAML list -> ['a', 'b']."""
     if isinstance(text, list | tuple):
@@ -115,6 +124,7 @@ def load_suite(args: dict[str, str]) -> Suite:
             raise ValueError(f"{key}= is set by the suite; use {key}s= instead")
     overrides = {k: fmt(v) for k, v in preset.get("overrides", {}).items()}
     overrides |= {k: v for k, v in extra.items() if not k.startswith("hydra")}
+    overrides = {k: as_job_value(k, v) for k, v in overrides.items()}
     hydra = {"hydra/launcher": "local"} | {k: v for k, v in extra.items() if k.startswith("hydra")}
     return Suite(agents, datasets, seeds, overrides, hydra)
 

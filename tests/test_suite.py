@@ -92,9 +92,12 @@ def test_suite_end_to_end_two_agents(tmp_path, tiny_dataset_id, monkeypatch):
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # the sweeps' processes reuse compiled modules
     monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(PYCACHE))
     args = {"suite": "smoke", "out": str(tmp_path), "agents": "[bc,td3bc]", "datasets": "[default]", "seeds": "1",
-            "dataset.id": tiny_dataset_id, "reps": "200"} | TINY
+            "dataset.id": tiny_dataset_id, "reps": "200",
+            # a boolean names the directory as hydra's multirun prints it (False), which the suite must expect
+            "trainer.keep_policies": "false"} | TINY
     assert S.main([f"{k}={v}" for k, v in args.items()]) == 0
     runs = sorted((tmp_path / "runs").rglob("summary.json"))
+    assert all("trainer.keep_policies=False" in str(p) for p in runs) and len(runs) == 2
     name = S.override_dirname(S.load_suite(args).overrides | {"dataset": "default", "seed": "0"})
     # named by the config, hydra's way (a dataset.id's slashes nest folders), so a rerun finds them
     assert runs == [tmp_path / "runs" / agent / name / "summary.json" for agent in ("bc", "td3bc")]
