@@ -263,29 +263,38 @@ def test_policy_average_is_the_polyak_recursion_and_leaves_training_unchanged():
         SAC(SACConfig(hidden=[8, 8], policy_average_tau=1.5), SPEC, CPU)
 
 
-def test_every_agent_with_the_policy_average_switch_builds_it_or_refuses():
-    """The switch lives on SACConfig: every agent whose config inherits it evaluates an averaged actor or
-    refuses it in one ConfigError (Off2On's mixture policy), never ignores it."""
+def built_or_refused(field: str, value) -> dict:
+    """Every agent whose config has `field`, built with it set to `value`: name -> the agent, or None where the
+    agent refused it in one ConfigError that names the field (asserted here)."""
     from agents.core.config import ConfigError
     from agents.core.registry import discover_agents
 
-    checked = []
+    out = {}
     for name, (agent_cls, config_cls) in sorted(discover_agents().items()):
-        if "policy_average_tau" not in config_cls.__dataclass_fields__:
+        if field not in config_cls.__dataclass_fields__:
             continue
         torch.manual_seed(0)
         try:
-            agent = agent_cls(config_cls(hidden=[8, 8], policy_average_tau=0.5), SPEC, CPU)
+            out[name] = agent_cls(config_cls(hidden=[8, 8], **{field: value}), SPEC, CPU)
         except ConfigError as err:
-            assert "policy_average_tau" in str(err), name
-            checked.append(name)
+            assert field in str(err), name
+            out[name] = None
+    return out
+
+
+def test_every_agent_with_the_policy_average_switch_builds_it_or_refuses():
+    """The switch lives on SACConfig: every agent whose config inherits it evaluates an averaged actor or
+    refuses it in one ConfigError (Off2On's mixture policy), never ignores it."""
+    checked = []
+    for name, agent in built_or_refused("policy_average_tau", 0.5).items():
+        checked.append(name)
+        if agent is None:
             continue
         with torch.no_grad():
             agent.actor_average.trunk[-1].bias.add_(3.0)  # the averaged actor must be the one evaluated
         obs = torch.randn(4, 4)
         assert torch.equal(agent.act(obs, deterministic=True), agent.actor_average(obs, deterministic=True)[0]), name
         assert not torch.equal(agent.act(obs, deterministic=True), agent.actor(obs, deterministic=True)[0]), name
-        checked.append(name)
     assert {"sac", "cql", "calql", "mopo", "moore", "redq", "off2on", "upq", "aca", "apl_cql"} <= set(checked)
 
 
@@ -415,23 +424,14 @@ def test_actions_stay_within_asymmetric_bounds():
 def test_every_agent_with_the_critic_layer_norm_switch_builds_it_or_refuses():
     """The switch lives on SACConfig, so every agent whose config inherits it either puts LayerNorm in every
     critic it builds (Off2On and UPQ build their own) or refuses it in one ConfigError; never ignores it."""
-    from agents.core.config import ConfigError
     from agents.core.networks import EnsembleLayerNorm
-    from agents.core.registry import discover_agents
 
     checked = []
-    for name, (agent_cls, config_cls) in sorted(discover_agents().items()):
-        if "critic_layer_norm" not in config_cls.__dataclass_fields__:
-            continue
-        torch.manual_seed(0)
-        try:
-            agent = agent_cls(config_cls(hidden=[8, 8], critic_layer_norm=True), SPEC, CPU)
-        except ConfigError as err:
-            assert "critic_layer_norm" in str(err), name
-            checked.append(name)
+    for name, agent in built_or_refused("critic_layer_norm", True).items():
+        checked.append(name)
+        if agent is None:
             continue
         critics = [m for m in agent.modules() if isinstance(m, CriticEnsemble)]
         assert critics and all(c.norms is not None for c in critics), name
         assert all(isinstance(n, EnsembleLayerNorm) for c in critics for n in c.norms), name
-        checked.append(name)
     assert {"sac", "cql", "calql", "mopo", "moore", "redq", "off2on", "upq", "aca"} <= set(checked)
