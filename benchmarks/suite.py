@@ -76,8 +76,12 @@ def as_job_value(key: str, value: str) -> str:
     directory name: parsed and printed back (true -> True, 1e-3 -> 0.001), as its BasicSweeper does. The
     suite names the directories it expects with the same text, so it finds the runs a sweep made."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
-    return OverridesParser.create().parse_override(f"{key}={value}").get_value_element_as_str()
+    try:
+        return OverridesParser.create().parse_override(f"{key}={value}").get_value_element_as_str()
+    except HydraException as err:  # one line from main(), not a parser traceback
+        raise ValueError(f"{key}={value} is not a valid hydra override ({err}); quote or fix its value") from err
 
 
 def as_list(text) -> list[str]:

@@ -41,7 +41,8 @@ def test_command_line_replaces_the_preset():
     assert (s.agents, s.datasets, s.seeds) == (["bc", "td3bc"], ["default"], 2)
     assert s.overrides["trainer.online_steps"] == "50" and s.overrides["experiment"] == "quick"
     assert s.hydra == {"hydra/launcher": "slurm", "hydra.launcher.partition": "gpu"}
-    for bad in ({"agents": "[nope]"}, {"datasets": "[nope]"}, {"suite": "nope"}, {"seed": "3"}, {"seeds": "0"}):
+    for bad in ({"agents": "[nope]"}, {"datasets": "[nope]"}, {"suite": "nope"}, {"seed": "3"}, {"seeds": "0"},
+                {"agent.hidden": "[32,"}):  # an override hydra cannot parse: one ValueError, not a traceback
         with pytest.raises(ValueError):
             S.load_suite({"suite": "smoke"} | bad)
 
