@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--agent", choices=["td3bc", "td3", "sac", "cql", "calql", "iql", "awac"], required=True)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--flops", action="store_true", help="add FLOPs per update")
+    parser.add_argument("--device", default="cpu:0", help="d3rlpy's device string: cpu:0 or cuda:0")
     args = parser.parse_args()
     config = {
         "td3bc": d3rlpy.algos.TD3PlusBCConfig,
@@ -54,13 +55,15 @@ def main() -> None:
         "iql": d3rlpy.algos.IQLConfig,
         "awac": d3rlpy.algos.AWACConfig,
     }[args.agent](batch_size=256)
-    algo = config.create(device="cpu:0")
+    algo = config.create(device=args.device)
     dataset = make_dataset()
     algo.build_with_dataset(dataset)
     kwargs = dict(show_progress=False, save_interval=10**9, logger_adapter=d3rlpy.logging.NoopAdapterFactory())
     algo.fit(dataset, n_steps=200, n_steps_per_epoch=200, **kwargs)  # warm-up
     start = time.perf_counter()
     algo.fit(dataset, n_steps=args.steps, n_steps_per_epoch=args.steps, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # no kernel of the timed steps may still be queued
     elapsed = time.perf_counter() - start
     arithmetic = {}
     if args.flops:
@@ -72,7 +75,7 @@ def main() -> None:
         arithmetic = {"gflop_per_update": round(gflop, 3), "achieved_gflops": round(gflop * args.steps / elapsed, 1)}
     print(json.dumps({"library": f"d3rlpy {d3rlpy.__version__}", "agent": args.agent,
                       "updates_per_second": round(args.steps / elapsed, 1), **arithmetic,
-                      "threads": torch.get_num_threads()}))
+                      "device": args.device, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

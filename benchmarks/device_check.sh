@@ -1,33 +1,35 @@
 #!/usr/bin/env bash
-# The GPU checks of a session lent a device machine (see README "GPU"): the device-parametrized
-# tests on CUDA, an end-to-end MOORe smoke run on CUDA with a kill-and-resume, and the throughput,
-# model and sampler benchmarks. The machine has torch but none of gymnasium/mujoco/minari/hydra:
-# they travel as wheels in .whl/ (built here with `pip download`, see the device tool's README).
+# The GPU checks of a session lent a device machine (README "On a GPU"), in one pass that fits a
+# short lease: the update throughput of every agent family on CUDA (against d3rlpy 2.8.1 on the same
+# card where d3rlpy has the algorithm), the issues' ensemble-cost ratios (REDQ 10 vs 2 critics,
+# Off2On vs CQL, AdaptiveBC vs TD3+BC), then the whole test suite with CUDA present, where every
+# `python -m agents.<name>` run of the tests takes the GPU (device=auto) and the device-parametrized
+# unit tests run their cuda cases. Benchmarks first, alone on the card; the tests last, cut at a limit.
+#
+# The machine has torch but none of gymnasium/mujoco/minari/hydra/d3rlpy: they travel as wheels in
+# .whl/ (made here with `pip download`, see the device tool's README), installed below.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 MUJOCO_GL=egl
-export MINARI_DATASETS_PATH=/tmp/minari O2O_CACHE=/tmp/o2o-cache HF_HUB_OFFLINE=1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 MUJOCO_GL=egl HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
-echo "== tests on cuda"
-timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_store.py tests/test_sumtree.py tests/test_dynamics.py \
-  tests/test_losses.py tests/test_world.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
-echo "== moore smoke on cuda: SIGTERM after 45 s, then the same command resumes"
-run="python3 -m agents.moore experiment=smoke device=cuda trainer.progress=false hydra.run.dir=/tmp/moore-cuda"
-timeout -s TERM 45 $run > "$OUT/moore.txt" 2>&1; echo "first exit $? (143 = stopped by SIGTERM)" >> "$OUT/moore.txt"
-timeout 200 $run >> "$OUT/moore.txt" 2>&1; echo "resumed exit $?" >> "$OUT/moore.txt"
-tail -3 "$OUT/moore.txt"
-echo "== throughput (cuda)"
-for a in td3bc sac mopo; do timeout 60 python3 benchmarks/throughput.py --agent $a --seconds 10 --device cuda; done \
-  2>&1 | grep '^{' | tee "$OUT/throughput.jsonl"
-echo "== conservative critics in both update precisions (cuda; trainer.precision)"
-for a in cql off2on; do for p in float32 bfloat16; do
-  timeout 60 python3 benchmarks/throughput.py --agent $a --seconds 8 --hidden 256 256 --precision $p --device cuda
-done; done 2>&1 | grep '^{' | tee -a "$OUT/throughput.jsonl"
-echo "== model (cuda)"
-timeout 90 python3 benchmarks/model.py --seconds 8 --device cuda 2>&1 | tail -3 | tee "$OUT/model.txt"
-echo "== sampler (cuda)"
-for rows in 1000000 16777217 100000000; do timeout 60 python3 benchmarks/sampler.py --rows $rows --seconds 5 --device cuda; done \
-  2>&1 | tee "$OUT/sampler.jsonl"
+B=benchmarks
+echo "== ours against d3rlpy on cuda (one alternating round, 4 s a side, d3rlpy's sizes)"
+timeout 150 python3 $B/versus_d3rlpy.py --device cuda --rounds 1 --seconds 4 --d3rlpy-python "$(command -v python3)" \
+  --agent td3bc cql calql iql awac 2>&1 | tee "$OUT/versus.jsonl"
+echo "== ours in bf16 (trainer.precision) at d3rlpy's sizes"
+for a in cql calql; do
+  timeout 30 python3 $B/throughput.py --agent $a --seconds 4 --hidden 256 256 --precision bfloat16 --device cuda
+done 2>&1 | tee "$OUT/throughput.jsonl"
+echo "== ensemble costs: Off2On vs CQL, AdaptiveBC vs TD3+BC (each at its defaults), REDQ 10 vs 2 critics"
+for a in cql off2on td3bc adaptive_bc mopo; do
+  timeout 30 python3 $B/throughput.py --agent $a --seconds 4 --device cuda
+done 2>&1 | tee -a "$OUT/throughput.jsonl"
+for p in float32 bfloat16; do
+  timeout 40 python3 $B/redq_critics.py --critics 10 --blocks 4 --device cuda --precision $p
+done 2>&1 | tee "$OUT/redq.jsonl"
+echo "== the test suite with CUDA present (cut at 200 s)"
+timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 120 -rfE --durations=8 tests 2>&1 \
+  | tee "$OUT/tests.txt" | tail -40

@@ -43,20 +43,21 @@ def run_json(cmd: list[str], env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def ours(agent: str, seconds: float, precision: str) -> float:
+def ours(agent: str, seconds: float, precision: str, device: str = "cpu") -> float:
     cmd = [sys.executable, str(HERE / "throughput.py"), "--agent", agent, "--seconds", str(seconds),
-           "--hidden", "256", "256", "--precision", precision]
+           "--hidden", "256", "256", "--precision", precision, "--device", device]
     return run_json(cmd)["updates_per_second"]
 
 
-def d3rlpy(python: str, agent: str, steps: int, keep_freed: bool) -> float:
+def d3rlpy(python: str, agent: str, steps: int, keep_freed: bool, device: str = "cpu") -> float:
     env = os.environ | {"GLIBC_TUNABLES": KEEP_FREED_TUNABLES} if keep_freed else None
-    return run_json([python, str(HERE / "d3rlpy_throughput.py"), "--agent", agent, "--steps", str(steps)], env)[
-        "updates_per_second"]
+    cmd = [python, str(HERE / "d3rlpy_throughput.py"), "--agent", agent, "--steps", str(steps),
+           "--device", "cuda:0" if device == "cuda" else "cpu:0"]
+    return run_json(cmd, env)["updates_per_second"]
 
 
 def compare(agent: str, rounds: int, seconds: float, python: str, precision: str = "float32",
-            keep_freed: bool = False) -> dict:
+            keep_freed: bool = False, device: str = "cpu") -> dict:
     pairs: list[tuple[float, float]] = []
     guess = None  # d3rlpy's rate, to size its step count to about `seconds`
     for r in range(rounds):
@@ -64,17 +65,17 @@ def compare(agent: str, rounds: int, seconds: float, python: str, precision: str
         figures = {}
         for side in order:
             if side == "ours":
-                figures["ours"] = ours(agent, seconds, precision)
+                figures["ours"] = ours(agent, seconds, precision, device)
             else:
                 steps = max(50, round((guess or figures.get("ours", 100.0) / 2) * seconds))
-                figures["d3rlpy"] = guess = d3rlpy(python, agent, steps, keep_freed)
+                figures["d3rlpy"] = guess = d3rlpy(python, agent, steps, keep_freed, device)
         pairs.append((figures["ours"], figures["d3rlpy"]))
         print(f"# {agent} round {r + 1}: ours {figures['ours']:.1f}, d3rlpy {figures['d3rlpy']:.1f} updates/s",
               file=sys.stderr, flush=True)
     ours_median = statistics.median(p[0] for p in pairs)
     theirs_median = statistics.median(p[1] for p in pairs)
     ratios = [a / b for a, b in pairs]
-    return {"agent": agent, "rounds": rounds, "seconds": seconds, "precision": precision,
+    return {"agent": agent, "device": device, "rounds": rounds, "seconds": seconds, "precision": precision,
             "d3rlpy_keep_freed_memory": keep_freed,
             "ours": [p[0] for p in pairs], "d3rlpy": [p[1] for p in pairs],
             "ours_median": ours_median, "d3rlpy_median": theirs_median,
@@ -93,13 +94,14 @@ def main() -> None:
                         help="our updates' matmul dtype (trainer.precision); d3rlpy's stay float32")
     parser.add_argument("--d3rlpy-keep-freed-memory", action="store_true",
                         help="give d3rlpy's process the malloc settings ours makes (worldmodels/memory.py)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both sides run on this device")
     args = parser.parse_args()
     if not Path(args.d3rlpy_python).exists():
         raise SystemExit(f"--d3rlpy-python {args.d3rlpy_python} does not exist; make d3rlpy's environment first "
                          "(benchmarks/d3rlpy_throughput.py's docstring has the two commands).")
     for agent in args.agent:
         print(json.dumps(compare(agent, args.rounds, args.seconds, args.d3rlpy_python, args.precision,
-                                 args.d3rlpy_keep_freed_memory)), flush=True)
+                                 args.d3rlpy_keep_freed_memory, args.device)), flush=True)
 
 
 if __name__ == "__main__":
