@@ -158,20 +158,24 @@ class IQL(Agent):
             q_data = self.critic_target(obs, batch.act).min(0).values  # [B]
         advantage = q_data - self.v(obs)  # [B]
         value_loss, info = expectile_loss(advantage, self.cfg.expectile)
-        self.step("value", value_loss)
         critic_loss, critic_info = self.critic_loss(batch, obs, target)
-        self.step("critic", critic_loss)
+        losses = {"value": value_loss, "critic": critic_loss}
+        actor_loss, actor_info = self.actor_loss(batch, obs, advantage, progress)
+        if actor_loss is not None:
+            losses["actor"] = actor_loss
+        # CORL steps V, then Q, then the actor, but no loss reads a network another step changes (Q's target
+        # and the advantage are V's values before its step, the actor sees the advantage detached), and each
+        # reaches only its own network: one backward pass gives all three their gradients (Agent.step_together)
+        self.step_together(losses)
         soft_update(self.critic_target, self.critic, self.cfg.tau)
-        actor_info = self.actor_update(batch, obs, advantage, progress)
         self.num_updates += 1
         return info | critic_info | actor_info | {"v/mean": (q_data - advantage).detach().mean()}
 
-    def actor_update(self, batch: Batch, obs: Tensor, advantage: Tensor, progress: Progress) -> dict[str, Tensor]:
-        """The policy step, after the value and critic steps (PEX overrides it online)."""
-        actor_loss, actor_info = advantage_weighted_loss(self.actor_log_prob(obs, batch.act), advantage,
-                                                         self.cfg.beta, self.cfg.max_weight)
-        self.step("actor", actor_loss)
-        return actor_info
+    def actor_loss(self, batch: Batch, obs: Tensor, advantage: Tensor,
+                   progress: Progress) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """The policy's advantage-weighted regression on dataset actions (None: no policy step; PEX online)."""
+        return advantage_weighted_loss(self.actor_log_prob(obs, batch.act), advantage, self.cfg.beta,
+                                       self.cfg.max_weight)
 
 
 def main() -> None:

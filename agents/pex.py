@@ -123,12 +123,24 @@ class PEX(IQL):
         return self.select(self.normalizer(obs), deterministic)[0]
 
     # --- online: pi_new by advantage-weighted regression on actions of the set ----------
-    def actor_update(self, batch: Batch, obs: Tensor, advantage: Tensor, progress: Progress) -> dict[str, Tensor]:
-        if not progress.online:
-            return super().actor_update(batch, obs, advantage, progress)
+    def actor_loss(self, batch: Batch, obs: Tensor, advantage: Tensor,
+                   progress: Progress) -> tuple[Tensor | None, dict[str, Tensor]]:
+        if progress.online:
+            return None, {}  # the IQL actor is done: pi_offline holds it, pi_new learns after V's step (below)
+        return super().actor_loss(batch, obs, advantage, progress)
+
+    def update(self, batch: Batch, progress: Progress) -> dict[str, Tensor]:
+        info = super().update(batch, progress)  # IQL's V and Q steps (and its actor's, offline)
+        if progress.online:
+            info |= self.pi_new_update(self.normalizer(batch.obs))
+        return info
+
+    def pi_new_update(self, obs: Tensor) -> dict[str, Tensor]:
+        """pi_new's step on actions re-drawn from the set, weighted by exp(beta A) with V after its step and the
+        target critics after their Polyak step (the reference's order)."""
         with torch.no_grad():
             act, w = self.select(obs)
-            advantage = self.critic_target(obs, act).min(0).values - self.v(obs)  # V after its step (PEX)
+            advantage = self.critic_target(obs, act).min(0).values - self.v(obs)
         loss, info = advantage_weighted_loss(self.pi_new.log_prob(obs, act), advantage, self.cfg.beta,
                                              self.cfg.max_weight)
         self.step("pi_new", loss)

@@ -1,6 +1,6 @@
 """IQL and AWAC: the expectile loss, the clipped advantage weights, IQL's V(s') target, the cosine
-actor lr (CORL's, resumed exactly), AWAC's actor loss on a hand-built batch, and both agents run
-end to end through the CLI."""
+actor lr (CORL's, resumed exactly), IQL's one-backward update against CORL's three steps in turn,
+AWAC's actor loss on a hand-built batch, and both agents run end to end through the CLI."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import math
 
 import pytest
 import torch
-from conftest import Pending, agent_cmd
+from conftest import Pending, agent_cmd, assert_same_state
 from torch import nn
 
 from agents.awac import AWAC, AWACConfig
 from agents.core.agent import EnvSpec
+from agents.core.networks import soft_update
 from agents.iql import IQL, IQLConfig, advantage_weighted_loss, expectile_loss
+from agents.pex import PEX, PEXConfig
 from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
 
@@ -129,6 +131,51 @@ class LinearTwinQ(nn.Module):
     def forward(self, obs, act):
         q = act.sum(-1) + obs.sum(-1)
         return torch.stack([q, q + 0.5])
+
+
+def corl_order_update(agent: IQL, batch: Batch, progress: Progress) -> None:
+    """IQL's update as CORL writes it: V's step, then Q's loss and step, the Polyak step, then the actor's loss
+    and step, each loss computed after the steps before it (PEX online: pi_new's step in place of the actor's)."""
+    obs, next_obs = agent.normalizer(batch.obs), agent.normalizer(batch.next_obs)
+    target = agent.td_target(batch, next_obs)
+    with torch.no_grad():
+        q_data = agent.critic_target(obs, batch.act).min(0).values
+    advantage = q_data - agent.v(obs)
+    agent.step("value", expectile_loss(advantage, agent.cfg.expectile)[0])
+    agent.step("critic", agent.critic_loss(batch, obs, target)[0])
+    soft_update(agent.critic_target, agent.critic, agent.cfg.tau)
+    if progress.online and isinstance(agent, PEX):
+        agent.pi_new_update(obs)
+    else:
+        agent.step("actor", advantage_weighted_loss(agent.actor_log_prob(obs, batch.act), advantage, agent.cfg.beta,
+                                                    agent.cfg.max_weight)[0])
+    agent.num_updates += 1
+
+
+@pytest.mark.parametrize("cls, cfg_cls, online", [(IQL, IQLConfig, False), (IQL, IQLConfig, True),
+                                                  (PEX, PEXConfig, True)])
+def test_iql_one_backward_update_equals_corl_steps_in_turn(cls, cfg_cls, online):
+    """Agent.step_together's premise for IQL (and PEX online): no loss reads a network another step changes and
+    none reaches another's parameters, so one backward over the sum makes the sequential update bit for bit. A
+    loss that read an updated network, or leaked a gradient into another network, would break the equality."""
+    progress = Progress("online", 10, 5, 15, 10, 10) if online else Progress("offline", 3, 0, 3, 10, 10)
+    cfg = cfg_cls(hidden=[16, 16], actor_lr_schedule="constant")
+    agents = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        agents.append(cls(cfg, SPEC, CPU))
+    joint, reference = agents
+    for agent in agents:
+        agent.on_phase(progress)  # PEX: freezes pi_offline at the switch
+    for i in range(3):
+        batch = make_batch(seed=i)
+        torch.manual_seed(10 + i)  # PEX's selection and pi_new draws read the global stream
+        joint.update(batch, progress)
+        torch.manual_seed(10 + i)
+        corl_order_update(reference, batch, progress)
+    assert_same_state(joint.state_dict(), reference.state_dict())
+    if isinstance(joint, PEX):  # online, IQL's actor takes no step: pi_offline holds it
+        assert torch.equal(joint.actor.net[0].weight, joint.pi_offline.net[0].weight)
 
 
 def test_awac_actor_loss_on_a_hand_built_batch():
