@@ -15,6 +15,7 @@ import torch
 from conftest import agent_cmd, assert_same_state, run_cli
 
 from agents.core.agent import EnvSpec
+from agents.core.checkpoint import CheckpointError
 from agents.core.config import TrainerConfig
 from agents.core.entry import offline_store
 from agents.core.trainer import Trainer, seed_everything
@@ -41,17 +42,17 @@ def dataset(tiny_dataset_id):
 
 
 def make_trainer(run_dir: Path, dataset, init_seed: int = 0, sampler: SamplerConfig | None = None,
-                 offline: TransitionStore | None = None) -> Trainer:
+                 offline: TransitionStore | None = None, seed: int = 0, **trainer_cfg) -> Trainer:
     env = short_env()
     low, high = box_bounds(env)
     spec = EnvSpec(env.observation_space.shape[0], env.action_space.shape[0], low, high)
     env.close()
     seed_everything(init_seed)  # a resumed run starts from other weights: the checkpoint must overwrite them
     agent = TD3BC(TD3BCConfig(hidden=[32, 32]), spec, CPU)
-    cfg = TrainerConfig(offline_updates=40, online_steps=40, checkpoint_every=20, eval_every=40,
-                        eval_episodes=1, log_every=10, batch_size=64, progress=False)
+    cfg = TrainerConfig(**(dict(offline_updates=40, online_steps=40, checkpoint_every=20, eval_every=40,
+                                eval_episodes=1, log_every=10, batch_size=64, progress=False) | trainer_cfg))
     offline = offline if offline is not None else offline_store(dataset, CPU)
-    return Trainer(agent, cfg, short_env, offline, run_dir, seed=0,
+    return Trainer(agent, cfg, short_env, offline, run_dir, seed=seed,
                    ref_scores=(dataset.ref_min_score, dataset.ref_max_score), tensorboard=False, sampler=sampler)
 
 
@@ -75,7 +76,7 @@ def assert_matches_uninterrupted(resumed: Trainer, summary: dict, uninterrupted)
     for name, value in ref.online.valid().items():
         assert torch.equal(resumed.online.valid()[name], value), name
     for name in LOGS:
-        assert (resumed.run_dir / name).read_text() == (ref.run_dir / name).read_text(), name
+        assert (resumed.run_dir / name).read_bytes() == (ref.run_dir / name).read_bytes(), name
     drop = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731 - wall clock
     assert drop(summary) == drop(ref_summary)
     assert summary["updates"] == 80 and summary["env_steps"] == 40
@@ -142,6 +143,46 @@ def test_finished_run_is_not_rerun(tmp_path, dataset, uninterrupted):
     assert again.agent.num_updates == 80
     for name in LOGS:
         assert (run_dir / name).read_text() == (ref.run_dir / name).read_text(), name
+
+
+def test_start_from_another_runs_switch_makes_its_online_phase_exactly(tmp_path, dataset, uninterrupted):
+    """trainer.start_from: a run that takes over the uninterrupted run's switch.pt, with the same config, ends
+    where that run ended (parameters, optimizer state, online store, every log row) without an offline update
+    of its own; with another online config it keeps the offline rows and goes its own way online."""
+    ref, _ = uninterrupted
+    switch = torch.load(ref.run_dir / "switch.pt", weights_only=True)
+    assert (switch["trainer"]["offline_updates"], switch["trainer"]["env_steps"]) == (40, 0)
+    assert set(switch["switch"]["logs"]) == {"train.csv", "eval.csv"}
+    branch = make_trainer(tmp_path / "same", dataset, init_seed=123, start_from=str(ref.run_dir))
+    updates = []
+    branch.on_evaluate.append(lambda t, r: updates.append(t.agent.num_updates))
+    summary = branch.run()
+    assert updates == [80]  # its only evaluation is the online one: the offline phase was taken over
+    assert_matches_uninterrupted(branch, summary, uninterrupted)
+    assert not (tmp_path / "same" / "switch.pt").exists()  # it ran no offline phase of its own
+
+    other = make_trainer(tmp_path / "other", dataset, start_from=str(ref.run_dir / "switch.pt"), updates_per_step=2)
+    other.run()
+    ref_eval, other_eval = read_rows(ref.run_dir / "eval.csv"), read_rows(tmp_path / "other" / "eval.csv")
+    assert other_eval[0] == ref_eval[0] and other_eval[1] != ref_eval[1]  # same offline row, another online phase
+    assert other.agent.num_updates == 40 + 2 * 40
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"seed": 1}, "that run's seed is 0, this run's 1"),
+    ({"offline_updates": 20}, "set trainer.offline_updates to match"),
+    ({"start_from": "missing"}, "no switch.pt there"),
+    ({"start_from": "checkpoint"}, "no switch"),
+])
+def test_start_from_refuses_what_it_cannot_continue(tmp_path, dataset, uninterrupted, setting, message):
+    ref, _ = uninterrupted
+    setting = dict(setting)
+    start_from = {"missing": tmp_path / "nowhere", "checkpoint": ref.run_dir / "checkpoint.pt"}.get(
+        setting.pop("start_from", None), ref.run_dir)
+    branch = make_trainer(tmp_path / "run", dataset, start_from=str(start_from), **setting)
+    with pytest.raises(CheckpointError, match=message):
+        branch.run()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 # --- the CLI's run-directory rules (uses the background runs started in conftest) ---------------

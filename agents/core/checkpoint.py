@@ -221,14 +221,16 @@ def _cause(err: Exception) -> str:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device | None = "cpu",
-                    required: tuple[str, ...] = ()) -> dict:
+                    required: tuple[str, ...] = (), ways_out: str | None = None) -> dict:
     """Read a checkpoint with `torch.load(weights_only=True)`: plain data only, never code.
 
     Anything that is not a dict holding the `required` keys -- random bytes, a truncated file, a
-    pickle that asks for any global outside torch's allowlist -- raises CheckpointError.
+    pickle that asks for any global outside torch's allowlist -- raises CheckpointError, whose message
+    ends with `ways_out` (by default: how to start the run over).
     """
     path = Path(path)
-    ways_out = f"move it away to start over, or pass resume=false (which moves it into {path.parent}/previous/)"
+    ways_out = ways_out or (f"move it away to start over, or pass resume=false (which moves it into "
+                            f"{path.parent}/previous/)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # untrusted file: any failure of the load means "not a checkpoint"

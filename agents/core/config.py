@@ -57,6 +57,12 @@ class TrainerConfig:
     # AMX and GPUs with bf16 tensor cores, where conservative agents' big critic passes run several times faster
     # (README, Benchmarks). Acting and evaluation always run in float32.
     precision: str = "float32"
+    # a run directory (or its switch.pt) whose offline phase this run takes over: agent, world model, sampler
+    # state, RNG and the offline logs as they were when that run's offline phase ended; this run then goes
+    # online with its own config. For online variants from one offline training (UPQ's betas from one Off2On
+    # pretraining, MOORe and MOPO, CQL with and without its online penalty). Needs the same seed, dataset and
+    # trainer.offline_updates; the agent may differ only where the state dict does not (README, Runs).
+    start_from: str | None = None
 
 
 @dataclass

@@ -67,9 +67,9 @@ class RunLogger:
             if not path.exists():
                 continue
             keep = rows.get(kind, 0)
-            with path.open() as f:
+            with path.open(newline="") as f:  # the csv module's \r\n endings kept: a resumed log is byte-identical
                 lines = f.readlines()
-            with path.open("w") as f:
+            with path.open("w", newline="") as f:
                 f.writelines(lines[: keep + 1] if keep else [])
             self.rows[kind] = keep
 

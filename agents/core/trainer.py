@@ -15,10 +15,16 @@ A checkpoint holds the agent (networks, optimizers, schedulers, counters), the o
 the sampler's state, the world model, the env's simulator state, every RNG and the log row
 counts, and is written atomically; a run started again in the same directory continues from it
 and reproduces the uninterrupted run exactly.
+
+When its offline phase ends, a run also writes `switch.pt`: that checkpoint plus the offline logs and
+what the run was (seed, dataset, offline budget, sampler). Another run with `trainer.start_from=<that
+run's directory>` starts from it and goes online with its own config; with the same config it makes
+the source run's online phase exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -55,6 +61,7 @@ from worldmodels.progress import EpisodeEnd, Progress
 from worldmodels.world import WorldModel, store_fit_data
 
 POLICIES_DIR = "policies"  # trainer.keep_policies: the agent at every evaluation, <global step>.pt
+SWITCH_FILE = "switch.pt"  # the run at the end of its offline phase (trainer.start_from reads it)
 
 
 @dataclass
@@ -88,6 +95,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def read_csv_text(path: Path) -> str:
+    """A log file's text with its line endings as the csv module wrote them (\\r\\n), so a copy is byte-identical."""
+    with path.open(newline="") as f:
+        return f.read()
+
+
 class DivergedError(NonFiniteError):
     """A loss or parameter became NaN/inf; the last good checkpoint is kept."""
 
@@ -118,6 +131,7 @@ class Trainer:
         self.env = env_fn()
         spec = agent.spec
         sampler = sampler or SamplerConfig()
+        self.sampler_cfg = sampler
         # room for every online step, plus the top dataset episodes when they seed the store (ACA)
         capacity = max(cfg.online_steps, 1) + (online_seed_reserve(sampler, offline) if cfg.online_steps else 0)
         self.online = TransitionStore(capacity, spec.obs_dim, spec.act_dim, self.device, source="online")
@@ -150,14 +164,16 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(self.seed)
         resumed = self.checkpoint_path.exists() and self.load_checkpoint()
+        branched = not resumed and self.cfg.start_from is not None and self.start_from_switch()
         # A fresh start in a used directory (killed before its first checkpoint) drops the old
-        # rows; a resume drops only the rows written after its checkpoint.
-        self.logger = RunLogger(self.run_dir, self.tensorboard, purge_step=self.global_step if resumed else 0)
-        self.logger.truncate(self._log_rows if resumed else {})
+        # rows; a resume (or a start from another run's switch) drops only the rows written after its checkpoint.
+        continued = resumed or branched
+        self.logger = RunLogger(self.run_dir, self.tensorboard, purge_step=self.global_step if continued else 0)
+        self.logger.truncate(self._log_rows if continued else {})
         if self.state.done:
             self.logger.close()
             return self.write_summary()
-        if not resumed and self.offline is not None:
+        if not continued and self.offline is not None:
             self.agent.on_offline_start(self.offline)
         total = (self.cfg.offline_updates if self.offline is not None else 0) + self.cfg.online_steps
         self.bar = tqdm(total=total, initial=self.global_step, disable=not self.cfg.progress,
@@ -168,6 +184,9 @@ class Trainer:
             with self.stop:  # Ctrl-C / SIGTERM: checkpoint at the next step, then stop
                 if self.offline is not None and not self.offline_phase():
                     return {}
+                if self.offline is not None and self.cfg.offline_updates and not self.state.online_started \
+                        and not branched:  # (a run started from another's switch has that run's)
+                    self.save_switch()
                 if not self.online_phase():
                     return {}
                 self.state.done = True
@@ -381,6 +400,11 @@ class Trainer:
         return self.stop_after is None or self._checkpoints_written < self.stop_after
 
     def save_checkpoint(self) -> None:
+        # atomic, plain data only (loads with weights_only=True), refuses non-finite tensors; the dynamics
+        # ensemble's holdout error is inf by design until its first fit
+        save_checkpoint(self.checkpoint_path, self.checkpoint_state(), allow_non_finite=("world/model/holdout_mse",))
+
+    def checkpoint_state(self) -> dict:
         now = time.perf_counter()
         self.state.seconds += now - self._clock
         self._clock = now
@@ -399,9 +423,65 @@ class Trainer:
         if bad is not None:
             raise DivergedError(f"the run diverged: agent parameter {bad} is not finite at update "
                                 f"{self.state.updates}; {self.last_good()}")
-        # atomic, plain data only (loads with weights_only=True), refuses non-finite tensors; the dynamics
-        # ensemble's holdout error is inf by design until its first fit
-        save_checkpoint(self.checkpoint_path, state, allow_non_finite=("world/model/holdout_mse",))
+        return state
+
+    def save_switch(self) -> None:
+        """The run at the end of its offline phase, as `switch.pt`: a checkpoint plus the offline logs and what
+        trainer.start_from checks (seed, dataset, offline budget) or compares (the sampler config)."""
+        switch = {
+            "seed": self.seed,
+            "dataset_sha256": self.summary_extra.get("dataset_sha256"),
+            "offline_updates": self.state.offline_updates,
+            "sampler": dataclasses.asdict(self.sampler_cfg),
+            "logs": {path.name: read_csv_text(path) for path in map(self.logger.path, self.logger.rows)
+                     if path.exists()},
+        }
+        save_checkpoint(self.run_dir / SWITCH_FILE, self.checkpoint_state() | {"switch": switch},
+                        allow_non_finite=("world/model/holdout_mse",))
+
+    def start_from_switch(self) -> bool:
+        """Take over another run's offline phase (trainer.start_from): its switch.pt's agent, world model, RNG,
+        counters and offline logs, and its sampler state when the sampler config is the same (another sampler
+        starts fresh at the switch). This run's online phase then runs with this run's config."""
+        given = Path(self.cfg.start_from)
+        path = given if given.is_file() else given / SWITCH_FILE
+        if not path.is_file():
+            raise CheckpointError(f"trainer.start_from={given}: no {SWITCH_FILE} there. A run writes it when "
+                                  "its offline phase ends (runs made before 2026-12-05 did not): point at a run "
+                                  "directory whose offline phase has finished.")
+        state = load_checkpoint(path, self.device, required=("trainer", "agent", "rng", "log_rows", "world",
+                                                             "sampler", "switch"),
+                                ways_out=f"trainer.start_from needs the {SWITCH_FILE} a run writes at its switch")
+        source = state["switch"]
+        logs = source.get("logs") if isinstance(source, dict) else None
+        if not (isinstance(logs, dict) and all(isinstance(k, str) and k.endswith(".csv") and isinstance(v, str)
+                                               for k, v in logs.items())):
+            raise CheckpointError(f"trainer.start_from={given}: {path} is not a switch checkpoint (its offline logs "
+                                  "are missing or malformed); point at the directory of a run made by this package.")
+        ours = {"seed": (self.seed, "seed"), "dataset_sha256": (self.summary_extra.get("dataset_sha256"), "dataset"),
+                "offline_updates": (self.cfg.offline_updates, "trainer.offline_updates")}
+        for key, (value, setting) in ours.items():
+            if source.get(key) != value:
+                raise CheckpointError(f"trainer.start_from={given}: that run's {key} is {source.get(key)}, this "
+                                      f"run's {value}; a run continues only the offline phase of its own seed, "
+                                      f"dataset and budget (set {setting} to match).")
+        try:
+            self.state = TrainerState(**state["trainer"])
+            self.agent.load_state_dict(state["agent"])
+            if self.world is not None and state["world"]:
+                self.world.load_state_dict(state["world"])
+            if source["sampler"] == dataclasses.asdict(self.sampler_cfg):
+                self.sampler.load_state_dict(state["sampler"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(f"trainer.start_from={given}: {path} does not fit this run "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                                  "the agent and world model must have the source's networks") from err
+        set_rng_state(state["rng"])
+        for name, text in logs.items():  # the offline rows; run() then opens the logger on them
+            with (self.run_dir / Path(name).name).open("w", newline="") as f:
+                f.write(text)
+        self._log_rows = state["log_rows"]
+        return True
 
     def load_checkpoint(self) -> bool:
         state = load_checkpoint(self.checkpoint_path, self.device,
