@@ -356,6 +356,25 @@ def test_a_key_on_one_side_only_is_a_difference(tmp_path):
     one_line(err, "extra")
 
 
+@pytest.mark.parametrize("new_value, resumes", [("null", True), ("runs/other", False)])
+def test_a_key_added_since_the_run_resumes_at_its_default(tmp_path, new_value, resumes):
+    """A run made before a config key existed (its run_config.yaml lacks it) resumes when the key is at the
+    schema's default (what the old run did), and not at any other value (trainer.start_from, 2026-12-05)."""
+    files = _finished_run(tmp_path)
+    new = CFG + f"  start_from: {new_value}\n"  # under trainer:
+    defaults = "seed: 0\ndevice: cpu\nagent:\n  lr: 0.001\ntrainer:\n  progress: true\n  start_from: null\n"
+    if resumes:
+        prepare_run_dir(tmp_path, new, True, RESUMABLE, defaults)
+        assert _contents(tmp_path) == {**files, "run_config.yaml": new.encode()}  # resumes in place
+    else:
+        with pytest.raises(RunDirError) as err:
+            prepare_run_dir(tmp_path, new, True, RESUMABLE, defaults)
+        one_line(err, "trainer.start_from")
+        assert _contents(tmp_path) == files
+    with pytest.raises(RunDirError):  # without the schema's defaults a missing key is still a difference
+        prepare_run_dir(tmp_path, CFG + "  start_from: runs/x\n", True, RESUMABLE)
+
+
 @pytest.mark.parametrize("resume, cfg", [(False, CFG.replace("seed: 0", "seed: 1")), (False, CFG),
                                          (True, None)])
 def test_starting_over_moves_results_aside(tmp_path, resume, cfg):

@@ -124,7 +124,9 @@ def execute(agent_cls: type[Agent], cfg, run_dir: Path) -> dict:
             raise ConfigError(one_line(err)) from err
         trainer = build_run(agent_cls, run_cfg, run_dir)
         with RunLock(run_dir):
-            prepare_run_dir(run_dir, cfg_yaml, run_cfg.resume, RESUMABLE_KEYS)
+            # the schema's defaults: a run made before a config key existed resumes when the key is at its default
+            defaults_yaml = OmegaConf.to_yaml(OmegaConf.structured(RunConfig(agent=type(run_cfg.agent)())))
+            prepare_run_dir(run_dir, cfg_yaml, run_cfg.resume, RESUMABLE_KEYS, defaults_yaml)
             summary = trainer.run()
     except USER_ERRORS as err:
         discard_unstarted(run_dir)  # refused before it began: no directory of hydra's files left behind

@@ -159,19 +159,28 @@ def flat_config(cfg) -> dict:
     return out
 
 
-def config_diff(old_yaml: str, new_yaml: str, resumable_keys: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs, ignoring `resumable_keys` and below."""
+def config_diff(old_yaml: str, new_yaml: str, resumable_keys: tuple[str, ...] = (),
+                defaults_yaml: str | None = None) -> list[str]:
+    """Dotted keys whose values differ between two configs, ignoring `resumable_keys` and below.
+
+    A key on one side only differs, even from a null on the other, with one exception: a key the old config
+    lacks whose new value is its default in `defaults_yaml` (the schema's defaults). That key was added to the
+    package after the old run was made, and its default is what that run did, so the run still resumes."""
     old, new = OmegaConf.create(old_yaml), OmegaConf.create(new_yaml)
     if not (isinstance(old, DictConfig) and isinstance(new, DictConfig)):
         raise ValueError("a run config is a mapping")
     old, new = flat_config(old), flat_config(new)
-    missing = object()  # a key on one side only differs, even from a null on the other
+    defaults = flat_config(OmegaConf.create(defaults_yaml)) if defaults_yaml else {}
+    missing = object()
 
     def resumable(key: str) -> bool:
         return any(key == r or key.startswith(f"{r}.") for r in resumable_keys)
 
+    def added_since(key: str) -> bool:
+        return key not in old and key in defaults and new.get(key, missing) == defaults[key]
+
     return sorted(k for k in old.keys() | new.keys()
-                  if not resumable(k) and old.get(k, missing) != new.get(k, missing))
+                  if not resumable(k) and not added_since(k) and old.get(k, missing) != new.get(k, missing))
 
 
 def run_results(run_dir: Path) -> list[Path]:
@@ -223,12 +232,14 @@ def move_aside(run_dir: Path, paths: list[Path]) -> Path:
     return dest
 
 
-def prepare_run_dir(run_dir: Path | str, cfg_yaml: str, resume: bool, resumable_keys: tuple[str, ...]) -> None:
+def prepare_run_dir(run_dir: Path | str, cfg_yaml: str, resume: bool, resumable_keys: tuple[str, ...],
+                    defaults_yaml: str | None = None) -> None:
     """Make `run_dir` ready for a run of `cfg_yaml` (already validated); call it under `RunLock`.
 
     - a path that is a file or not writable: refused;
     - resume=True and the directory holds results of a run with another config (keys outside
-      `resumable_keys` differ): refused, whether or not a checkpoint is still there;
+      `resumable_keys` differ; a key added since, at its default in `defaults_yaml`, does not): refused,
+      whether or not a checkpoint is still there;
     - resume=True with matching results and a checkpoint: left as is, the trainer resumes;
     - otherwise (resume=False, or results but no checkpoint to resume from): the old results and
       their run_config.yaml move into previous/<UTC time>/ -- nothing is ever deleted;
@@ -240,7 +251,7 @@ def prepare_run_dir(run_dir: Path | str, cfg_yaml: str, resume: bool, resumable_
     try:
         results = run_results(run_dir)
         if resume and results:
-            _check_same_config(run_dir, saved, cfg_yaml, resumable_keys)
+            _check_same_config(run_dir, saved, cfg_yaml, resumable_keys, defaults_yaml)
         if results and not (resume and (run_dir / "checkpoint.pt").exists()):
             move_aside(run_dir, results + ([saved] if saved.exists() else []))
         fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_NAME}.", suffix=".tmp", dir=run_dir)
@@ -257,13 +268,14 @@ def prepare_run_dir(run_dir: Path | str, cfg_yaml: str, resume: bool, resumable_
                           "pick another hydra.run.dir.") from err
 
 
-def _check_same_config(run_dir: Path, saved: Path, cfg_yaml: str, resumable_keys: tuple[str, ...]) -> None:
+def _check_same_config(run_dir: Path, saved: Path, cfg_yaml: str, resumable_keys: tuple[str, ...],
+                       defaults_yaml: str | None) -> None:
     fixes = "resume it with its own config, pick another hydra.run.dir, or pass resume=false to start over"
     if not saved.exists():
         raise RunDirError(f"{run_dir} holds results of a run but no {CONFIG_NAME}, so its config is unknown; "
                           f"pick another hydra.run.dir, or pass resume=false to move them into {PREVIOUS_DIR}/.")
     try:
-        diff = config_diff(saved.read_text(), cfg_yaml, resumable_keys)
+        diff = config_diff(saved.read_text(), cfg_yaml, resumable_keys, defaults_yaml)
     except Exception as err:  # a file from outside: any YAML/OmegaConf failure means "unreadable"
         raise RunDirError(f"{saved} is not a readable config ({type(err).__name__}); {fixes}.") from err
     if diff:
