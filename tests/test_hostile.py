@@ -319,7 +319,7 @@ def _finished_run(run_dir: Path, cfg: str = CFG, checkpoint: bool = True) -> dic
     """A run directory as a finished run leaves it; returns {relative path: content}."""
     files = {"summary.json": b'{"online_score": 42}', "train.csv": b"step,loss\n1,0.5\n",
              "eval.csv": b"step,return\n1,3\n", "tb/events.out": b"\x00tb", "dynamics.pt": b"dyn",
-             "run_config.yaml": cfg.encode()}
+             "switch.pt": b"switch", "run_config.yaml": cfg.encode()}
     if checkpoint:
         files["checkpoint.pt"] = b"ckpt"
     for name, data in files.items():

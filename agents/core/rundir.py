@@ -30,7 +30,7 @@ LOCK_NAME = ".lock"
 CONFIG_NAME = "run_config.yaml"
 PREVIOUS_DIR = "previous"
 #: what a run writes; the glob patterns are matched in the run directory itself
-RESULT_PATTERNS = ("checkpoint.pt", "summary.json", "*.csv", "tb", "dynamics.pt", "policies")
+RESULT_PATTERNS = ("checkpoint.pt", "switch.pt", "summary.json", "*.csv", "tb", "dynamics.pt", "policies")
 
 
 def _check_usable(run_dir: Path) -> None:
@@ -184,7 +184,7 @@ def config_diff(old_yaml: str, new_yaml: str, resumable_keys: tuple[str, ...] = 
 
 
 def run_results(run_dir: Path) -> list[Path]:
-    """The files and folders a run left in `run_dir` (checkpoint, summary, CSVs, tb/, dynamics.pt, policies/)."""
+    """The files and folders a run left in `run_dir` (checkpoint, switch, summary, CSVs, tb/, dynamics.pt, policies/)."""
     return sorted({p for pattern in RESULT_PATTERNS for p in run_dir.glob(pattern)})
 
 
