@@ -184,7 +184,8 @@ def config_diff(old_yaml: str, new_yaml: str, resumable_keys: tuple[str, ...] = 
 
 
 def run_results(run_dir: Path) -> list[Path]:
-    """The files and folders a run left in `run_dir` (checkpoint, switch, summary, CSVs, tb/, dynamics.pt, policies/)."""
+    """The files and folders a run left in `run_dir` (checkpoint and switch, summary, CSVs, tb/, dynamics.pt,
+    policies/)."""
     return sorted({p for pattern in RESULT_PATTERNS for p in run_dir.glob(pattern)})
 
 
