@@ -185,6 +185,27 @@ def test_start_from_refuses_what_it_cannot_continue(tmp_path, dataset, uninterru
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+class _OpensAFile:
+    """Unpickling this would call open(marker, "w"): code chosen by the file's author."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_start_from_a_crafted_switch_file_runs_no_code(tmp_path, dataset):
+    marker, source = tmp_path / "pwned", tmp_path / "source"
+    source.mkdir()
+    torch.save({"trainer": {}, "agent": _OpensAFile(marker), "rng": {}, "log_rows": {}, "world": {}, "sampler": {},
+                "switch": {"logs": {}}}, source / "switch.pt")
+    branch = make_trainer(tmp_path / "run", dataset, start_from=str(source))
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        branch.run()
+    assert not marker.exists()
+
+
 # --- the CLI's run-directory rules (uses the background runs started in conftest) ---------------
 def finished_cli_run(agent_runs, name: str, dest: Path) -> Path:
     result = agent_runs[name].result()
