@@ -62,6 +62,8 @@ from worldmodels.world import WorldModel, store_fit_data
 
 POLICIES_DIR = "policies"  # trainer.keep_policies: the agent at every evaluation, <global step>.pt
 SWITCH_FILE = "switch.pt"  # the run at the end of its offline phase (trainer.start_from reads it)
+# tensors a checkpoint may hold non-finite: the dynamics ensemble's holdout error is inf by design until its first fit
+NON_FINITE_BY_DESIGN = ("world/model/holdout_mse",)
 
 
 @dataclass
@@ -99,6 +101,11 @@ def read_csv_text(path: Path) -> str:
     """A log file's text with its line endings as the csv module wrote them (\\r\\n), so a copy is byte-identical."""
     with path.open(newline="") as f:
         return f.read()
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (200 characters), for one-line errors."""
+    return str(err).splitlines()[0][:200] if str(err) else ""
 
 
 class DivergedError(NonFiniteError):
@@ -400,9 +407,8 @@ class Trainer:
         return self.stop_after is None or self._checkpoints_written < self.stop_after
 
     def save_checkpoint(self) -> None:
-        # atomic, plain data only (loads with weights_only=True), refuses non-finite tensors; the dynamics
-        # ensemble's holdout error is inf by design until its first fit
-        save_checkpoint(self.checkpoint_path, self.checkpoint_state(), allow_non_finite=("world/model/holdout_mse",))
+        # atomic, plain data only (loads with weights_only=True), refuses non-finite tensors
+        save_checkpoint(self.checkpoint_path, self.checkpoint_state(), allow_non_finite=NON_FINITE_BY_DESIGN)
 
     def checkpoint_state(self) -> dict:
         now = time.perf_counter()
@@ -437,7 +443,7 @@ class Trainer:
                      if path.exists()},
         }
         save_checkpoint(self.run_dir / SWITCH_FILE, self.checkpoint_state() | {"switch": switch},
-                        allow_non_finite=("world/model/holdout_mse",))
+                        allow_non_finite=NON_FINITE_BY_DESIGN)
 
     def start_from_switch(self) -> bool:
         """Take over another run's offline phase (trainer.start_from): its switch.pt's agent, world model, RNG,
@@ -474,7 +480,7 @@ class Trainer:
                 self.sampler.load_state_dict(state["sampler"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
             raise CheckpointError(f"trainer.start_from={given}: {path} does not fit this run "
-                                  f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                                  f"({type(err).__name__}: {first_line(err)}); "
                                   "the agent and world model must have the source's networks") from err
         set_rng_state(state["rng"])
         for name, text in logs.items():  # the offline rows; run() then opens the logger on them
@@ -490,7 +496,7 @@ class Trainer:
             self.restore(state)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
             raise CheckpointError(f"{self.checkpoint_path} does not fit this run ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0][:200] if str(err) else ''}); move it away to start "
+                                  f"{first_line(err)}); move it away to start "
                                   "over, or pass resume=false") from err
         return True
 
