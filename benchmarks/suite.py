@@ -15,6 +15,18 @@ directory is DIR/runs/<agent>/<its overrides>/, hydra's override_dirname as conf
 sets it, so the same command finds the same directories: a run with summary.json is finished and
 skipped, a run with a checkpoint is started again and resumes from it (agents/core/entry.py), the
 rest start fresh. Then the report (benchmarks/report.py) of the suite's runs goes into DIR.
+
+`start_from=SOURCE` shares offline phases: each run of the listed agents takes over the offline phase of
+agent SOURCE's run on the same dataset and seed (`trainer.start_from`, the source's switch.pt) and trains
+only its own online phase. The source runs are the suite's too: made first when missing, with the suite's
+overrides, and in the report beside their branches. `branch.KEY=VALUE` overrides go to the branches only
+(what makes them differ from the source). UPQ's three betas from one Off2On pretraining:
+
+    python -m benchmarks.suite suite=quick out=DIR agents=[upq] start_from=off2on branch.agent.pessimism_beta=0.1
+    python -m benchmarks.suite suite=quick out=DIR agents=[upq] start_from=off2on branch.agent.pessimism_beta=0.01
+
+(the second finds the Off2On runs the first made). A branch's directory name ends in `from=<hash of
+the source's path>` (agents/core/rundir.py run_name).
 """
 
 from __future__ import annotations
@@ -28,10 +40,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from agents.core.rundir import run_name
 from benchmarks.report import make_report
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-SUITE_KEYS = ("suite", "out", "agents", "datasets", "seeds", "reps")
+SUITE_KEYS = ("suite", "out", "agents", "datasets", "seeds", "reps", "start_from")
+BRANCH = "branch."  # the prefix of overrides for the runs that start from another agent's, not for the sources
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +56,8 @@ class Job:
     seed: int
     run_dir: Path
     extra: dict[str, str] = field(default_factory=dict)  # the job's own overrides beyond the suite's (rollout=)
+    # the job's task overrides but dataset and seed (the suite's, or a source run's base ones) plus extra
+    overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -60,6 +76,8 @@ class Suite:
     seeds: int
     overrides: dict[str, str]  # every run's task overrides (they name its directory)
     hydra: dict[str, str]  # hydra overrides: launcher and its fields (never in the directory name)
+    start_from: str | None = None  # an agent whose runs' offline phases the suite's agents take over
+    branch: dict[str, str] = field(default_factory=dict)  # task overrides of the agents' runs only (with start_from)
 
 
 def fmt(value) -> str:
@@ -122,7 +140,8 @@ def load_suite(args: dict[str, str]) -> Suite:
     seeds = int(args.get("seeds", preset["seeds"]))
     if seeds < 1:
         raise ValueError(f"seeds={seeds}: give at least 1")
-    extra = {k: v for k, v in args.items() if k not in SUITE_KEYS}
+    branch = {k[len(BRANCH):]: v for k, v in args.items() if k.startswith(BRANCH)}
+    extra = {k: v for k, v in args.items() if k not in SUITE_KEYS and not k.startswith(BRANCH)}
     for key in ("seed", "dataset"):
         if key in extra:
             raise ValueError(f"{key}= is set by the suite; use {key}s= instead")
@@ -130,7 +149,17 @@ def load_suite(args: dict[str, str]) -> Suite:
     overrides |= {k: v for k, v in extra.items() if not k.startswith("hydra")}
     overrides = {k: as_job_value(k, v) for k, v in overrides.items()}
     hydra = {"hydra/launcher": "local"} | {k: v for k, v in extra.items() if k.startswith("hydra")}
-    return Suite(agents, datasets, seeds, overrides, hydra)
+    source = args.get("start_from")
+    if source is not None and source not in known:
+        raise ValueError(f"start_from={source} is not an agent; name the agent whose offline phases the runs take "
+                         f"over (one of {', '.join(known)})")
+    if source is not None and "trainer.start_from" in overrides | branch:
+        raise ValueError("give start_from=AGENT (the suite finds each run's source) or trainer.start_from=, not both")
+    if branch and source is None:
+        raise ValueError(f"{', '.join(BRANCH + k for k in branch)}: branch. overrides are for the runs that "
+                         "start from another agent's; add start_from=AGENT, or drop the prefix")
+    branch = {k: as_job_value(k, v) for k, v in branch.items()}
+    return Suite(agents, datasets, seeds, overrides, hydra, source, branch)
 
 
 def excluded_keys() -> list[str]:
@@ -139,11 +168,12 @@ def excluded_keys() -> list[str]:
     return list(common.hydra.job.config.override_dirname.exclude_keys)
 
 
-def override_dirname(overrides: dict[str, str]) -> str:
-    """The directory name hydra gives a job with these task overrides (its override_dirname:
-    the `key=value` lines, excluded keys left out, sorted, joined by commas)."""
+def override_dirname(overrides: dict[str, str], start_from: Path | None = None) -> str:
+    """The directory name hydra gives a job with these task overrides (its override_dirname: the `key=value`
+    lines, excluded keys left out, sorted, joined by commas), and the tag of the run it starts from, if any."""
     skip = set(excluded_keys())
-    return ",".join(sorted(f"{k}={v}" for k, v in overrides.items() if k not in skip))
+    return run_name(",".join(sorted(f"{k}={v}" for k, v in overrides.items() if k not in skip)),
+                    None if start_from is None else str(start_from))
 
 
 def model_based(agent: str) -> bool:
@@ -164,37 +194,60 @@ def rollout_for(agent: str, dataset: str, overrides: dict[str, str]) -> dict[str
     return {"rollout": own}
 
 
+def source_template(out: Path, source: str, overrides: dict[str, str]) -> str:
+    """trainer.start_from for one dataset's branches: the source run's directory (`overrides` name it, dataset
+    included) with the seed left for hydra to fill in at each job (`${seed}`), so one sweep covers the seeds.
+    Quoted: the path holds `=` and `,`. Sorting puts `seed=${seed}` where `seed=0` would be, since two
+    different keys differ before their values do."""
+    return f"'{out / 'runs' / source}/{override_dirname(overrides | {'seed': '${seed}'})}'"
+
+
 def plan(suite: Suite, out: Path) -> list[Job]:
-    jobs = []
+    """Every run of the suite: the sources first (start_from), then the agents' runs, in grid order."""
+    jobs, templates = [], {}
+    if suite.start_from is not None:
+        for dataset in suite.datasets:
+            extra = rollout_for(suite.start_from, dataset, suite.overrides)
+            overrides = suite.overrides | extra
+            templates[dataset] = source_template(out, suite.start_from, overrides | {"dataset": dataset})
+            for seed in range(suite.seeds):
+                name = override_dirname(overrides | {"dataset": dataset, "seed": str(seed)})
+                jobs.append(Job(suite.start_from, dataset, seed, out / "runs" / suite.start_from / name, extra,
+                                overrides))
+    sources = {(j.dataset, j.seed): j.run_dir for j in jobs}
     for agent in suite.agents:
         for dataset in suite.datasets:
-            extra = rollout_for(agent, dataset, suite.overrides)
+            own = suite.overrides | suite.branch
+            extra = rollout_for(agent, dataset, own)
+            overrides = own | extra
+            start = {"trainer.start_from": templates[dataset]} if templates else {}
             for seed in range(suite.seeds):
-                name = override_dirname(suite.overrides | extra | {"dataset": dataset, "seed": str(seed)})
-                jobs.append(Job(agent, dataset, seed, out / "runs" / agent / name, extra))
+                source = sources.get((dataset, seed))
+                name = override_dirname(overrides | {"dataset": dataset, "seed": str(seed)}, source)
+                jobs.append(Job(agent, dataset, seed, out / "runs" / agent / name, extra, overrides | start))
     return jobs
 
 
 def sweeps(jobs: list[Job]) -> list[tuple[str, list[str], list[int], dict[str, str]]]:
-    """The unfinished jobs as few hydra sweeps as their grid allows: (agent, datasets, seeds, extra
-    overrides), one per agent, set of seeds still to run and job overrides (a model-based agent's
-    datasets with their own rollout values go to sweeps of their own)."""
+    """The unfinished jobs as few hydra sweeps as their grid allows, in the jobs' order (sources first):
+    (agent, datasets, seeds, overrides), one per agent, set of seeds still to run and job overrides (a
+    model-based agent's datasets with their own rollout values go to sweeps of their own)."""
     todo: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for j in jobs:
         if j.status != "finished":
-            todo[(j.agent, tuple(sorted(j.extra.items())))][j.dataset].append(j.seed)
+            todo[(j.agent, tuple(j.overrides.items()))][j.dataset].append(j.seed)
     out = []
-    for (agent, extra), by_dataset in todo.items():
+    for (agent, overrides), by_dataset in todo.items():
         by_seeds: dict[tuple[int, ...], list[str]] = defaultdict(list)
         for dataset, seeds in by_dataset.items():
             by_seeds[tuple(seeds)].append(dataset)
-        out += [(agent, datasets, list(seeds), dict(extra)) for seeds, datasets in by_seeds.items()]
+        out += [(agent, datasets, list(seeds), dict(overrides)) for seeds, datasets in by_seeds.items()]
     return out
 
 
 def sweep_command(suite: Suite, out: Path, agent: str, datasets: list[str], seeds: list[int],
-                  extra: dict[str, str] | None = None) -> list[str]:
-    overrides = suite.overrides | (extra or {})
+                  overrides: dict[str, str]) -> list[str]:
+    """The hydra multirun of one sweep: `overrides` are its task overrides but dataset and seed (Job.overrides)."""
     return [sys.executable, "-m", f"agents.{agent}", "-m", f"hydra.sweep.dir={out / 'runs' / agent}",
             *(f"{k}={v}" for k, v in suite.hydra.items()), *(f"{k}={v}" for k, v in overrides.items()),
             f"dataset={','.join(datasets)}", f"seed={','.join(map(str, seeds))}"]
@@ -207,14 +260,16 @@ def run_suite(suite: Suite, out: Path, reps: int = 2000) -> tuple[Path, list[Job
     counts = defaultdict(int)
     for j in jobs:
         counts[j.status] += 1
-    print(f"suite: {len(jobs)} runs ({len(suite.agents)} agents x {len(suite.datasets)} datasets x {suite.seeds} "
-          f"seeds): {counts['finished']} finished (skipped), {counts['resume']} to resume, {counts['new']} new",
+    sources = f" + {suite.start_from}'s to start from" if suite.start_from else ""
+    print(f"suite: {len(jobs)} runs ({len(suite.agents)} agents{sources} x {len(suite.datasets)} datasets x "
+          f"{suite.seeds} seeds): {counts['finished']} finished (skipped), {counts['resume']} to resume, "
+          f"{counts['new']} new",
           flush=True)
     env = os.environ.copy()
     if suite.hydra["hydra/launcher"] != "slurm":
         env.setdefault("OMP_NUM_THREADS", "1")  # parallel local jobs: one thread each
-    for agent, datasets, seeds, extra in sweeps(jobs):
-        cmd = sweep_command(suite, out, agent, datasets, seeds, extra)
+    for agent, datasets, seeds, overrides in sweeps(jobs):
+        cmd = sweep_command(suite, out, agent, datasets, seeds, overrides)
         print("suite:", " ".join(cmd[1:]), flush=True)
         code = subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
         if code != 0:
@@ -227,8 +282,10 @@ def run_suite(suite: Suite, out: Path, reps: int = 2000) -> tuple[Path, list[Job
     finished = [j.run_dir for j in jobs if j.status == "finished"]
     if not finished:
         raise RuntimeError("no run of the suite finished; see the errors above")
-    preset = (f"Suite: agents {', '.join(suite.agents)}; datasets {', '.join(suite.datasets)}; {suite.seeds} seeds; "
-              f"overrides {' '.join(f'{k}={v}' for k, v in suite.overrides.items())}.")
+    branch = f" (online phases from {suite.start_from}'s offline ones)" if suite.start_from else ""
+    own = f"; their own overrides {' '.join(f'{k}={v}' for k, v in suite.branch.items())}" if suite.branch else ""
+    preset = (f"Suite: agents {', '.join(suite.agents)}{branch}; datasets {', '.join(suite.datasets)}; "
+              f"{suite.seeds} seeds; overrides {' '.join(f'{k}={v}' for k, v in suite.overrides.items())}{own}.")
     return make_report(finished, out, reps=reps, header=preset + ("\n\n" + header if header else "")), failed
 
 

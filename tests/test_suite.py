@@ -63,8 +63,9 @@ def test_run_directories_are_named_by_config_and_planned_by_state(tmp_path):
     (jobs[3].run_dir / "checkpoint.pt").write_bytes(b"")  # cut off
     assert [j.status for j in jobs] == ["finished", "new", "new", "resume"]
     # default's seed 1 and hopper's seeds 0, 1 remain: two sweeps, none of them reruns a finished job
-    assert sorted(S.sweeps(jobs)) == [("bc", ["default"], [1], {}), ("bc", ["hopper-medium"], [0, 1], {})]
-    cmd = S.sweep_command(s, tmp_path, "bc", ["hopper-medium"], [0, 1])
+    assert sorted(S.sweeps(jobs)) == [("bc", ["default"], [1], s.overrides),
+                                      ("bc", ["hopper-medium"], [0, 1], s.overrides)]
+    cmd = S.sweep_command(s, tmp_path, "bc", ["hopper-medium"], [0, 1], s.overrides)
     assert cmd[2:4] == ["agents.bc", "-m"] and "hydra/launcher=local" in cmd and "threads=1" in cmd
     assert cmd[-2:] == ["dataset=hopper-medium", "seed=0,1"]
 
@@ -79,10 +80,11 @@ def test_model_based_agents_take_each_datasets_rollout_values(tmp_path):
     assert by[("moore", "hopper-medium-replay")].extra == {"rollout": "hopper-medium-replay"}
     assert "rollout=hopper-medium-replay," in by[("moore", "hopper-medium-replay")].run_dir.name
     assert by[("moore", "default")].extra == {} and by[("iql", "hopper-medium-replay")].extra == {}
+    hopper = s.overrides | {"rollout": "hopper-medium-replay"}
     assert sorted(S.sweeps(list(by.values()))) == [
-        ("iql", ["default", "hopper-medium-replay"], [0], {}), ("moore", ["default"], [0], {}),
-        ("moore", ["hopper-medium-replay"], [0], {"rollout": "hopper-medium-replay"})]
-    cmd = S.sweep_command(s, tmp_path, "moore", ["hopper-medium-replay"], [0], {"rollout": "hopper-medium-replay"})
+        ("iql", ["default", "hopper-medium-replay"], [0], s.overrides), ("moore", ["default"], [0], s.overrides),
+        ("moore", ["hopper-medium-replay"], [0], hopper)]
+    cmd = S.sweep_command(s, tmp_path, "moore", ["hopper-medium-replay"], [0], hopper)
     assert "rollout=hopper-medium-replay" in cmd
     named = S.load_suite({"suite": "quick", "agents": "[moore]", "datasets": "[hopper-medium-replay]", "seeds": "1",
                           "rollout": "hopper-medium"})
@@ -115,3 +117,74 @@ def test_suite_end_to_end_two_agents(tmp_path, tiny_dataset_id, monkeypatch):
     stamp = runs[0].stat().st_mtime_ns
     assert S.main([f"{k}={v}" for k, v in args.items()]) == 0
     assert runs[0].stat().st_mtime_ns == stamp
+
+
+def test_a_branch_is_named_by_its_source_however_the_path_is_spelled(tmp_path, monkeypatch):
+    """configs/common.yaml names a trainer.start_from run by run_name: its overrides, then from=<hash of the
+    source's absolute path> (the path itself would nest folders and overflow the name limit)."""
+    from agents.core.rundir import run_name, start_from_tag
+
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "runs" / "off2on" / "dataset=default,seed=0"
+    tag = start_from_tag(str(src))
+    assert tag.startswith("from=") and len(tag) == len("from=") + 8
+    spellings = ["runs/off2on/dataset=default,seed=0", str(src / "switch.pt"), f"{src}/", "runs/x/../off2on/"
+                 "dataset=default,seed=0"]
+    assert {start_from_tag(p) for p in spellings} == {tag}
+    assert start_from_tag(str(src.with_name("dataset=default,seed=1"))) != tag  # another source, another name
+    assert start_from_tag(None) == "" and run_name("seed=1") == "seed=1" and run_name("seed=1", None) == "seed=1"
+    assert run_name("seed=1", str(src)) == f"seed=1,{tag}" and run_name("", str(src)) == tag
+
+
+def test_start_from_plans_the_sources_first_and_branches_from_them(tmp_path):
+    from agents.core.rundir import start_from_tag
+
+    s = S.load_suite({"suite": "quick", "agents": "[upq]", "datasets": "[default,hopper-medium-replay]",
+                      "seeds": "2", "start_from": "off2on", "branch.agent.pessimism_beta": "1e-1", "threads": "1"})
+    assert s.branch == {"agent.pessimism_beta": "0.1"}  # as hydra's multirun prints it into the name
+    jobs = S.plan(s, tmp_path)
+    assert [j.agent for j in jobs] == ["off2on"] * 4 + ["upq"] * 4
+    sources = {(j.dataset, j.seed): j.run_dir for j in jobs[:4]}
+    for j in jobs[:4]:  # the sources get the suite's overrides, not the branches'
+        assert j.run_dir.name == S.override_dirname(s.overrides | {"dataset": j.dataset, "seed": str(j.seed)})
+        assert "trainer.start_from" not in j.overrides
+    for j in jobs[4:]:
+        src = sources[(j.dataset, j.seed)]
+        own = s.overrides | {"agent.pessimism_beta": "0.1", "dataset": j.dataset, "seed": str(j.seed)}
+        assert j.run_dir.name == S.override_dirname(own) + "," + start_from_tag(str(src))
+        # the value hydra fills in at the job (the seed) is exactly the source's directory
+        assert j.overrides["trainer.start_from"].strip("'").replace("${seed}", str(j.seed)) == str(src)
+    # the sources' sweep comes first (one for both datasets); each dataset's branches sweep their seeds
+    assert [(a, d, seeds) for a, d, seeds, _ in S.sweeps(jobs)] == [
+        ("off2on", ["default", "hopper-medium-replay"], [0, 1]), ("upq", ["default"], [0, 1]),
+        ("upq", ["hopper-medium-replay"], [0, 1])]
+    for bad in ({"start_from": "nope"}, {"branch.agent.hidden": "[8]"},  # a branch override needs a source
+                {"start_from": "off2on", "trainer.start_from": "runs/x"}):
+        with pytest.raises(ValueError):
+            S.load_suite({"suite": "smoke", "agents": "[upq]"} | bad)
+
+
+def test_suite_start_from_end_to_end(tmp_path, tiny_dataset_id, monkeypatch):
+    """A branch run made by the suite lands where the suite looks for it (hydra's resolver and the plan agree),
+    takes over its source's offline phase (the same offline evaluations) and differs online."""
+    from agents.core.rundir import start_from_tag
+
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(PYCACHE))
+    args = {"suite": "smoke", "out": str(tmp_path), "agents": "[td3bc]", "datasets": "[default]", "seeds": "1",
+            "dataset.id": tiny_dataset_id, "reps": "50", "start_from": "td3bc", "branch.agent.alpha": "100"} | TINY
+    assert S.main([f"{k}={v}" for k, v in args.items()]) == 0
+    source, branch = S.plan(S.load_suite(args), tmp_path)
+    assert (source.run_dir / "summary.json").exists() and (branch.run_dir / "summary.json").exists()
+    assert "agent.alpha=100" in str(branch.run_dir) and branch.run_dir.name.endswith(
+        "," + start_from_tag(str(source.run_dir)))
+    evals = [R.read_evals(j.run_dir / "eval.csv") for j in (source, branch)]
+    offline = [[r for r in e if r["phase"] == 0] for e in evals]  # phase 0: offline
+    assert offline[0] == offline[1] and len(offline[0]) >= 1
+    online = [[r["score"] for r in e if r["phase"] == 1] for e in evals]
+    assert online[0] != online[1]  # alpha 100 against 2.5: another online phase
+    report = (tmp_path / "report.md").read_text()
+    assert "online phases from td3bc's offline ones" in report
+    stamp = (branch.run_dir / "summary.json").stat().st_mtime_ns  # a second call finds both finished
+    assert S.main([f"{k}={v}" for k, v in args.items()]) == 0
+    assert (branch.run_dir / "summary.json").stat().st_mtime_ns == stamp

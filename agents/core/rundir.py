@@ -11,6 +11,7 @@ Every refusal is a `RunDirError` whose message is one line naming the directory 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import socket
@@ -31,6 +32,35 @@ CONFIG_NAME = "run_config.yaml"
 PREVIOUS_DIR = "previous"
 #: what a run writes; the glob patterns are matched in the run directory itself
 RESULT_PATTERNS = ("checkpoint.pt", "switch.pt", "summary.json", "*.csv", "tb", "dynamics.pt", "policies")
+SWITCH_FILE = "switch.pt"  # a run at the end of its offline phase (trainer.start_from reads it)
+
+
+def start_from_tag(start_from: str | None) -> str:
+    """What a run's directory name says of `trainer.start_from`: `from=<8 hex>`, a hash of the source run's
+    absolute path. The path itself would nest folders and overflow the 255-byte name limit (a source's own
+    name is often 100+ characters and may hold slashes itself), so configs/common.yaml leaves the key out of
+    hydra's override_dirname and appends this instead; the full path is in run_config.yaml. The same source,
+    however the path is spelled (relative, absolute, its switch.pt), gives the same tag, so the same command
+    resumes the same run."""
+    if start_from is None or str(start_from) == "":
+        return ""
+    source = Path(os.path.abspath(str(start_from)))
+    if source.name == SWITCH_FILE:
+        source = source.parent
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    return f"from={digest}"
+
+
+def run_name(override_dirname: str, start_from: str | None = None) -> str:
+    """A run directory's name: hydra's override_dirname (sorted key=value overrides, configs/common.yaml's
+    excluded keys left out) and, for a run that starts from another run's offline phase, start_from_tag."""
+    tag = start_from_tag(start_from)
+    return ",".join(part for part in (override_dirname, tag) if part)
+
+
+# configs/common.yaml names run directories with it (hydra resolves hydra.run.dir in the process that imports this)
+if not OmegaConf.has_resolver("run_name"):
+    OmegaConf.register_new_resolver("run_name", run_name)
 
 
 def _check_usable(run_dir: Path) -> None:

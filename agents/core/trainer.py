@@ -53,6 +53,7 @@ from agents.core.checkpoint import (
 from agents.core.config import TrainerConfig
 from agents.core.interrupt import graceful_interrupts
 from agents.core.logging import RunLogger, scalars
+from agents.core.rundir import SWITCH_FILE
 from worldmodels.data.fields import add_fields, fill_episode, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler, online_seed_reserve
 from worldmodels.data.store import TransitionStore
@@ -61,7 +62,6 @@ from worldmodels.progress import EpisodeEnd, Progress
 from worldmodels.world import WorldModel, store_fit_data
 
 POLICIES_DIR = "policies"  # trainer.keep_policies: the agent at every evaluation, <global step>.pt
-SWITCH_FILE = "switch.pt"  # the run at the end of its offline phase (trainer.start_from reads it)
 # tensors a checkpoint may hold non-finite: the dynamics ensemble's holdout error is inf by design until its first fit
 NON_FINITE_BY_DESIGN = ("world/model/holdout_mse",)
 
