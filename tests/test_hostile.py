@@ -581,6 +581,8 @@ def hostile_cli(tmp_path_factory, finished_td3bc, tiny_dataset_id) -> dict[str, 
     cases["ensemble_size"] = (agent_cmd("mopo", root / "ens", tiny_dataset_id, **{"world_model.ensemble_size": "0"}),
                               root / "ens", {})
     cases["seed_abc"] = (agent_cmd("td3bc", root / "abc", tiny_dataset_id, seed="abc"), root / "abc", {})
+    cases["unquoted"] = (agent_cmd("td3bc", root / "unq", tiny_dataset_id, **{
+        "trainer.start_from": "runs/td3bc/experiment=smoke,seed=1"}), root / "unq", {})
     (root / "a-file").write_text("not a directory")
     cases["file_dir"] = (agent_cmd("td3bc", root / "a-file", tiny_dataset_id), root / "a-file", {})
     cases["not_a_model"] = (agent_cmd("mopo", root / "nam", tiny_dataset_id, **{
@@ -681,6 +683,16 @@ def test_cli_bad_override_type_exits_2_with_one_line(hostile_cli):
     result, _, _ = result_of(hostile_cli, "seed_abc")
     line = error_line(result)
     assert "seed=abc" in line and "Integer" in line, line
+
+
+def test_cli_unquoted_path_with_equals_names_the_key_and_the_quoting(hostile_cli):
+    """A run directory's path holds `=` (its overrides): unquoted, hydra's own message names neither the key
+    nor the fix."""
+    result, run_dir, _ = result_of(hostile_cli, "unquoted")
+    line = error_line(result)
+    assert "trainer.start_from=runs/td3bc/experiment=smoke,seed=1" in line and "quote it" in line, line
+    assert "\"trainer.start_from='runs/td3bc/experiment=smoke,seed=1'\"" in line, line
+    assert not run_dir.exists()
 
 
 def test_cli_sigterm_checkpoints_and_resumes(tmp_path, tiny_dataset_id):

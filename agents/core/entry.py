@@ -162,7 +162,7 @@ def run(agent_cls: type[Agent], config_cls: type, name: str) -> None:
 
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         print(f"python -m agents.{name}: {introduction(agent_cls)}\n")
-    problem = unusable_run_dir(sys.argv[1:])
+    problem = unquoted_value(sys.argv[1:]) or unusable_run_dir(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -242,6 +242,17 @@ def rollout_mismatch(cfg, choices: dict[str, str], task_overrides: list[str]) ->
     return (f"dataset={dataset} has its own MOPO rollout values (configs/rollout/{dataset}.yaml: horizon, "
             f"penalty_coef), but this run uses rollout={rollout}; add rollout={dataset} to use them, or name "
             "rollout= yourself to silence this.")
+
+
+def unquoted_value(argv: list[str]) -> str | None:
+    """An override whose value holds `=` unquoted, as a run directory's path does (`trainer.start_from=runs/
+    td3bc/seed=1`): hydra's grammar reads it as a second assignment and says only "mismatched input '='"."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not key.startswith("-") and "=" in value and value[:1] not in ("'", '"'):
+            return (f"{key}={value}: the value holds '=', which hydra reads as another assignment; quote it, "
+                    f"as \"{key}='{value}'\"")
+    return None
 
 
 def unusable_run_dir(argv: list[str]) -> str | None:
