@@ -188,3 +188,22 @@ def test_suite_start_from_end_to_end(tmp_path, tiny_dataset_id, monkeypatch):
     stamp = (branch.run_dir / "summary.json").stat().st_mtime_ns  # a second call finds both finished
     assert S.main([f"{k}={v}" for k, v in args.items()]) == 0
     assert (branch.run_dir / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_results_folder_keeps_run_records_and_leaves_checkpoints_out():
+    """results/.gitignore: a suite with out=results/... keeps what the suite and the report read (so the suite
+    skips a committed run, and the report reads it) and nothing large."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"], capture_output=True).returncode:
+        pytest.skip("not a git checkout (an sdist): results/.gitignore has nothing to do")
+    run = "results/quick/runs/redq/dataset=hopper-medium-replay,seed=0"
+    kept = ["summary.json", "run_config.yaml", "eval.csv", "train.csv", "episodes.csv"]
+    left = ["checkpoint.pt", "switch.pt", "dynamics.pt", "tb/events.out.tfevents.1", "policies/p.pt", ".lock",
+            ".hydra/config.yaml", "previous/2026/checkpoint.pt"]
+    paths = [f"{run}/{name}" for name in kept + left] + ["results/quick/report.md", "results/quick/curve_x.png"]
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths], capture_output=True,
+                             text=True).stdout.split()
+    assert sorted(ignored) == sorted(f"{run}/{name}" for name in left)
