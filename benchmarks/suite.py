@@ -56,7 +56,8 @@ class Job:
     seed: int
     run_dir: Path
     extra: dict[str, str] = field(default_factory=dict)  # the job's own overrides beyond the suite's (rollout=)
-    # the job's task overrides but dataset and seed (the suite's, or a source run's base ones) plus extra
+    # the job's task overrides but dataset and seed: the suite's and extra, and for a branch (start_from) its
+    # branch. overrides and the trainer.start_from template; jobs with the same ones share a sweep
     overrides: dict[str, str] = field(default_factory=dict)
 
     @property
