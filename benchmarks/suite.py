@@ -170,9 +170,12 @@ def excluded_keys() -> list[str]:
 
 
 def override_dirname(overrides: dict[str, str], start_from: Path | None = None) -> str:
-    """The directory name hydra gives a job with these task overrides (its override_dirname: the `key=value`
-    lines, excluded keys left out, sorted, joined by commas), and the tag of the run it starts from, if any."""
+    """The directory name a job with these task overrides gets (configs/common.yaml): hydra's override_dirname
+    (the `key=value` lines, excluded keys left out, sorted, joined by commas), then the tag of the run it
+    starts from, `start_from` or a trainer.start_from among the overrides (a user's, for every run)."""
     skip = set(excluded_keys())
+    if start_from is None and "trainer.start_from" in overrides:  # relative to where the jobs run (REPO_ROOT)
+        start_from = REPO_ROOT / overrides["trainer.start_from"].strip("'\"")
     return run_name(",".join(sorted(f"{k}={v}" for k, v in overrides.items() if k not in skip)),
                     None if start_from is None else str(start_from))
 

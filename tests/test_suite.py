@@ -158,6 +158,11 @@ def test_start_from_plans_the_sources_first_and_branches_from_them(tmp_path):
     assert [(a, d, seeds) for a, d, seeds, _ in S.sweeps(jobs)] == [
         ("off2on", ["default", "hopper-medium-replay"], [0, 1]), ("upq", ["default"], [0, 1]),
         ("upq", ["hopper-medium-replay"], [0, 1])]
+    # a user's own trainer.start_from (every run from one source) names the runs as the jobs will
+    given = S.load_suite({"suite": "quick", "agents": "[upq]", "datasets": "[default]", "seeds": "1",
+                          "trainer.start_from": "'runs/off2on/seed=0'"})
+    tag = start_from_tag(str(S.REPO_ROOT / "runs/off2on/seed=0"))
+    assert S.plan(given, tmp_path)[0].run_dir.name.endswith("," + tag)
     for bad in ({"start_from": "nope"}, {"branch.agent.hidden": "[8]"},  # a branch override needs a source
                 {"start_from": "off2on", "trainer.start_from": "runs/x"}):
         with pytest.raises(ValueError):
