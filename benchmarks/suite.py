@@ -40,7 +40,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from agents.core.rundir import run_name
+from agents.core.rundir import SWITCH_FILE, run_name
 from benchmarks.report import make_report
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -59,6 +59,7 @@ class Job:
     # the job's task overrides but dataset and seed: the suite's and extra, and for a branch (start_from) its
     # branch. overrides and the trainer.start_from template; jobs with the same ones share a sweep
     overrides: dict[str, str] = field(default_factory=dict)
+    source: Path | None = None  # the run whose offline phase a branch takes over (start_from)
 
     @property
     def status(self) -> str:
@@ -228,8 +229,16 @@ def plan(suite: Suite, out: Path) -> list[Job]:
             for seed in range(suite.seeds):
                 source = sources.get((dataset, seed))
                 name = override_dirname(overrides | {"dataset": dataset, "seed": str(seed)}, source)
-                jobs.append(Job(agent, dataset, seed, out / "runs" / agent / name, extra, overrides | start))
+                jobs.append(Job(agent, dataset, seed, out / "runs" / agent / name, extra, overrides | start, source))
     return jobs
+
+
+def sources_without_switch(jobs: list[Job]) -> list[Path]:
+    """Finished source runs that an unfinished branch needs but that hold no switch.pt: a record committed
+    under results/ (switch.pt stays on the machine that made it) or a run made before 2026-12-05. The suite
+    would skip them and every branch would fail, so it stops first."""
+    return sorted({j.source for j in jobs if j.source is not None and j.status != "finished"
+                   and (j.source / "summary.json").exists() and not (j.source / SWITCH_FILE).exists()})
 
 
 def sweeps(jobs: list[Job]) -> list[tuple[str, list[str], list[int], dict[str, str]]]:
@@ -264,6 +273,11 @@ def run_suite(suite: Suite, out: Path, reps: int = 2000) -> tuple[Path, list[Job
     counts = defaultdict(int)
     for j in jobs:
         counts[j.status] += 1
+    stale = sources_without_switch(jobs)
+    if stale:
+        raise ValueError(f"{len(stale)} finished {suite.start_from} run(s) that branches start from hold no "
+                         f"{SWITCH_FILE} (made on another machine, or before 2026-12-05), e.g. {stale[0]}: move "
+                         "them out of the way and the suite makes them again with it")
     sources = f" + {suite.start_from}'s to start from" if suite.start_from else ""
     print(f"suite: {len(jobs)} runs ({len(suite.agents)} agents{sources} x {len(suite.datasets)} datasets x "
           f"{suite.seeds} seeds): {counts['finished']} finished (skipped), {counts['resume']} to resume, "

@@ -158,6 +158,16 @@ def test_start_from_plans_the_sources_first_and_branches_from_them(tmp_path):
     assert [(a, d, seeds) for a, d, seeds, _ in S.sweeps(jobs)] == [
         ("off2on", ["default", "hopper-medium-replay"], [0, 1]), ("upq", ["default"], [0, 1]),
         ("upq", ["hopper-medium-replay"], [0, 1])]
+    # a finished source without switch.pt (a record committed under results/) is named before anything runs
+    assert S.sources_without_switch(jobs) == []
+    stale = sources[("default", 1)]
+    stale.mkdir(parents=True)
+    (stale / "summary.json").write_text("{}")
+    assert S.sources_without_switch(jobs) == [stale]
+    with pytest.raises(ValueError, match="switch.pt"):
+        S.run_suite(s, tmp_path)
+    (stale / "switch.pt").write_bytes(b"")
+    assert S.sources_without_switch(jobs) == []
     # a user's own trainer.start_from (every run from one source) names the runs as the jobs will
     given = S.load_suite({"suite": "quick", "agents": "[upq]", "datasets": "[default]", "seeds": "1",
                           "trainer.start_from": "'runs/off2on/seed=0'"})
