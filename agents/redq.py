@@ -27,6 +27,10 @@ from agents.sac import SAC, SACConfig
 from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
 
+# redq/algos/core.py mbpo_target_entropy_dict: MBPO's per-task entropy targets (Janner et al. 2019), which
+# redq_sac.py uses by default; keyed by the task's name without its version
+MBPO_TARGET_ENTROPY = {"Hopper": -1.0, "HalfCheetah": -3.0, "Walker2d": -3.0, "Ant": -4.0, "Humanoid": -2.0}
+
 
 @dataclass
 class REDQConfig(SACConfig):
@@ -43,8 +47,10 @@ class REDQConfig(SACConfig):
     tau: float = 0.005  # redq_sac.py polyak = 0.995
     init_alpha: float = 1.0  # redq_sac.py log_alpha starts at 0
     auto_alpha: bool = True  # redq_sac.py auto_alpha=True
-    # None = -|A|, redq_sac.py's fallback; its 'mbpo' values per task are Hopper -1, HalfCheetah -3,
-    # Walker2d -3, Ant -4, Humanoid -2 (set agent.target_entropy=-3 for HalfCheetah)
+    # the entropy target when agent.target_entropy is None: "mbpo", redq_sac.py's default (target_entropy='mbpo'),
+    # is MBPO_TARGET_ENTROPY's value for the task (-|A| for a task not in it); "auto" is -|A| on every task
+    # (redq_sac.py 'auto', SAC's; this package's REDQ before 2026-12-07). A number in agent.target_entropy wins.
+    target_entropy_rule: str = "mbpo"
     target_entropy: float | None = None
     normalize_obs: bool = False  # redq_sac.py feeds raw observations
 
@@ -57,7 +63,12 @@ class REDQ(SAC):
             raise ConfigError(f"agent.num_min={cfg.num_min} must lie in [1, agent.num_critics={cfg.num_critics}].")
         if cfg.policy_update_every < 1:
             raise ConfigError(f"agent.policy_update_every={cfg.policy_update_every} must be at least 1.")
+        if cfg.target_entropy_rule not in ("mbpo", "auto"):
+            raise ConfigError(f"agent.target_entropy_rule={cfg.target_entropy_rule}: use mbpo (REDQ's per-task "
+                              "values) or auto (-|A|), or set agent.target_entropy to a number.")
         super().__init__(cfg, spec, device)
+        if cfg.target_entropy is None and cfg.target_entropy_rule == "mbpo":
+            self.target_entropy = MBPO_TARGET_ENTROPY.get(spec.env_id.split("-")[0], -float(spec.act_dim))
         # the subset draws have their own checkpointed stream, so they never shift the actor's noise
         self.subset_rng = self.new_generator("subset")
 

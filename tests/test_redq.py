@@ -9,7 +9,7 @@ import torch
 from conftest import FixedActor, FixedCritics, run_agent
 
 from agents.core.agent import EnvSpec
-from agents.core.config import TrainerConfig
+from agents.core.config import ConfigError, TrainerConfig
 from agents.core.networks import CriticEnsemble, mean_over_critics, subset_min_target
 from agents.core.trainer import Trainer
 from agents.redq import REDQ, REDQConfig
@@ -148,3 +148,18 @@ def test_cli_runs_end_to_end_online_from_scratch(tmp_path):
     assert result.returncode == 0, result.describe()
     summary = result.summary
     assert summary["env_steps"] == 60 and summary["updates"] == (60 - 20) * 2
+
+
+def test_target_entropy_follows_the_reference_per_task():
+    """redq_sac.py's default target_entropy='mbpo': MBPO's per-task values; -|A| elsewhere and under 'auto';
+    a number given in agent.target_entropy wins."""
+    def target(env_id: str, **cfg) -> float:
+        spec = EnvSpec(OBS, ACT, -torch.ones(ACT), torch.ones(ACT), env_id)
+        return REDQ(REDQConfig(hidden=[8], **cfg), spec, CPU).target_entropy
+
+    assert (target("Hopper-v5"), target("HalfCheetah-v5"), target("Walker2d-v4")) == (-1.0, -3.0, -3.0)
+    assert target("Pendulum-v1") == -float(ACT) and target("") == -float(ACT)  # not in the table: -|A|
+    assert target("Hopper-v5", target_entropy_rule="auto") == -float(ACT)
+    assert target("Hopper-v5", target_entropy=-0.5) == -0.5
+    with pytest.raises(ConfigError):
+        target("Hopper-v5", target_entropy_rule="sac")

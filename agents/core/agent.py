@@ -35,6 +35,7 @@ class EnvSpec:
     act_dim: int
     act_low: Tensor  # [act_dim]
     act_high: Tensor  # [act_dim]
+    env_id: str = ""  # the task, for per-task defaults (REDQ's target entropy); "" when there is none
 
     @property
     def act_scale(self) -> Tensor:

@@ -83,7 +83,7 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
     low, high = box_bounds(env)
     env.close()
     seed_everything(cfg.seed)
-    spec = EnvSpec(env.observation_space.shape[0], env.action_space.shape[0], low, high)
+    spec = EnvSpec(env.observation_space.shape[0], env.action_space.shape[0], low, high, env_id)
     agent = agent_cls(cfg.agent, spec, device)
     refs = (dataset.ref_min_score, dataset.ref_max_score) if dataset is not None else (None, None)
     data_names = ({"dataset_id": dataset.dataset_id, "dataset_sha256": dataset.fingerprint(), "ref_scores": list(refs)}
