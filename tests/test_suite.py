@@ -205,20 +205,23 @@ def test_suite_start_from_end_to_end(tmp_path, tiny_dataset_id, monkeypatch):
     assert (branch.run_dir / "summary.json").stat().st_mtime_ns == stamp
 
 
-def test_results_folder_keeps_run_records_and_leaves_checkpoints_out():
+def test_results_folder_keeps_run_records_and_leaves_checkpoints_out(tmp_path):
     """results/.gitignore: a suite with out=results/... keeps what the suite and the report read (so the suite
-    skips a committed run, and the report reads it) and nothing large."""
+    skips a committed run, and the report reads it) and nothing large. Checked by git itself, in a scratch
+    repository holding a copy of the rules, so it runs the same in a clone or an unpacked sdist."""
+    import shutil
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    if subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"], capture_output=True).returncode:
-        pytest.skip("not a git checkout (an sdist): results/.gitignore has nothing to do")
+    rules = Path(__file__).resolve().parents[1] / "results" / ".gitignore"
+    (tmp_path / "results").mkdir()
+    shutil.copy(rules, tmp_path / "results" / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     run = "results/quick/runs/redq/dataset=hopper-medium-replay,seed=0"
     kept = ["summary.json", "run_config.yaml", "eval.csv", "train.csv", "episodes.csv"]
     left = ["checkpoint.pt", "switch.pt", "dynamics.pt", "tb/events.out.tfevents.1", "policies/p.pt", ".lock",
             ".hydra/config.yaml", "previous/2026/checkpoint.pt"]
     paths = [f"{run}/{name}" for name in kept + left] + ["results/quick/report.md", "results/quick/curve_x.png"]
-    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths], capture_output=True,
+    ignored = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "--no-index", *paths], capture_output=True,
                              text=True).stdout.split()
     assert sorted(ignored) == sorted(f"{run}/{name}" for name in left)
