@@ -266,6 +266,14 @@ def sweep_command(suite: Suite, out: Path, agent: str, datasets: list[str], seed
             f"dataset={','.join(datasets)}", f"seed={','.join(map(str, seeds))}"]
 
 
+def pinned_store(out: Path) -> Path | None:
+    """The Minari store of the records kept in git (results/datasets) when `out` lies under results/: the recipe
+    gives other bits on another CPU, so runs added to committed records must train on the pinned data to share
+    their rows (results/README.md). None for any other `out`."""
+    results = REPO_ROOT / "results"
+    return results / "datasets" if out.absolute().is_relative_to(results) else None
+
+
 def run_suite(suite: Suite, out: Path, reps: int = 2000) -> tuple[Path, list[Job]]:
     """Run what is not finished, then write the report; returns (report.md, the jobs without a summary)."""
     out = out.absolute()
@@ -286,6 +294,11 @@ def run_suite(suite: Suite, out: Path, reps: int = 2000) -> tuple[Path, list[Job
     env = os.environ.copy()
     if suite.hydra["hydra/launcher"] != "slurm":
         env.setdefault("OMP_NUM_THREADS", "1")  # parallel local jobs: one thread each
+    store = pinned_store(out)
+    if store is not None and "MINARI_DATASETS_PATH" not in env:
+        env["MINARI_DATASETS_PATH"] = str(store)
+        print(f"suite: datasets from {store}, the data of the committed records (set MINARI_DATASETS_PATH to "
+              "use another store)", flush=True)
     for agent, datasets, seeds, overrides in sweeps(jobs):
         cmd = sweep_command(suite, out, agent, datasets, seeds, overrides)
         print("suite:", " ".join(cmd[1:]), flush=True)

@@ -221,7 +221,38 @@ def test_results_folder_keeps_run_records_and_leaves_checkpoints_out(tmp_path):
     kept = ["summary.json", "run_config.yaml", "eval.csv", "train.csv", "episodes.csv"]
     left = ["checkpoint.pt", "switch.pt", "dynamics.pt", "tb/events.out.tfevents.1", "policies/p.pt", ".lock",
             ".hydra/config.yaml", "previous/2026/checkpoint.pt"]
+    data = "results/datasets/o2o/Hopper-v5/medium-replay-s20000-t30000-seed0-v1/data"
+    pinned = [f"{data}/main_data.hdf5", f"{data}/metadata.json", "results/datasets/o2o/namespace_metadata.json",
+              "results/datasets/fingerprints.txt"]
     paths = [f"{run}/{name}" for name in kept + left] + ["results/quick/report.md", "results/quick/curve_x.png"]
+    paths += pinned + ["results/datasets/o2o/Hopper-v5/x-v1/data/main_data.hdf5.lock"]
     ignored = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "--no-index", *paths], capture_output=True,
                              text=True).stdout.split()
-    assert sorted(ignored) == sorted(f"{run}/{name}" for name in left)
+    assert sorted(ignored) == sorted([f"{run}/{name}" for name in left]
+                                     + ["results/datasets/o2o/Hopper-v5/x-v1/data/main_data.hdf5.lock"])
+
+
+def test_pinned_datasets_are_the_data_the_records_were_made_on(monkeypatch):
+    """results/datasets is a Minari store of the data behind the committed records (the recipe gives other bits
+    on another CPU). Each pinned dataset loads from it with the fingerprint fingerprints.txt names, and every
+    committed run on a pinned id trained on exactly that data, so new runs made with the store join their rows."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    lines = (results / "datasets" / "fingerprints.txt").read_text().splitlines()
+    pinned = dict(line.split() for line in lines if line and not line.startswith("#"))
+    assert pinned, "fingerprints.txt lists no dataset"
+    stored = sorted(str(p.parent.parent.relative_to(results / "datasets")) for p in
+                    (results / "datasets").glob("**/data/main_data.hdf5"))
+    assert stored == sorted(pinned), "every dataset in results/datasets needs its line in fingerprints.txt"
+    assert S.pinned_store(results / "cons") == results / "datasets"  # suites under results/ train on it
+    assert S.pinned_store(results.parent / "eval" / "cons") is None
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(results / "datasets"))
+    for dataset_id, fingerprint in pinned.items():
+        assert load_offline_dataset(dataset_id).fingerprint() == fingerprint, dataset_id
+    stray = []
+    for summary in sorted(results.glob("*/runs/**/summary.json")):
+        record = json.loads(summary.read_text())
+        if record.get("dataset_id") in pinned and record.get("dataset_sha256") != pinned[record["dataset_id"]]:
+            stray.append(f"{summary.parent.relative_to(results)}: {record['dataset_sha256']}")
+    assert not stray, f"records made on another build of a pinned dataset: {stray}"
