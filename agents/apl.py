@@ -13,7 +13,8 @@ its parent at run time).
 Differences from the reference: the trainer interleaves `updates_per_step` = 10 updates per env step
 instead of APL0's rounds of 1000 env steps then 10000 updates (same update-to-data ratio).
 
-    python -m agents.apl
+    python -m agents.apl                  # GTD3BC (also: variant=td3bc)
+    python -m agents.apl variant=cql      # GCQL, the same as python -m agents.apl_cql
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from agents.core.config import ConfigError
 from agents.td3bc import TD3BC, TD3BCConfig
 from worldmodels.data.store import SOURCE_IDS, Batch
 
@@ -59,10 +61,38 @@ class APL(TD3BC):
         return gated_td3bc_actor_loss(q, policy_act, batch.act, self.cfg.alpha, regulariser_weight(batch))
 
 
+# `python -m agents.apl variant=NAME` names the two variants of Zheng et al. 2023 (APL0: td3_bc_gc.py, GCQL.py);
+# each is its own module, so the argument picks which entry runs (and names its run directory)
+VARIANTS = {"td3bc": "apl", "cql": "apl_cql"}
+
+
+def entry_for(argv: list[str]) -> tuple[str, list[str]]:
+    """(the module name, argv without variant=): `variant=cql` -> apl_cql, `variant=td3bc` or none -> apl."""
+    chosen = [arg for arg in argv if arg.startswith("variant=")]
+    rest = [arg for arg in argv if not arg.startswith("variant=")]
+    values = [arg.partition("=")[2] for arg in chosen]
+    if len(values) > 1 or any(v not in VARIANTS for v in values):
+        raise ConfigError(f"{' '.join(chosen)}: give one variant=td3bc (GTD3BC, python -m agents.apl) or "
+                          "variant=cql (GCQL, python -m agents.apl_cql); sweep the two as two commands")
+    return VARIANTS[values[0]] if values else "apl", rest
+
+
 def main() -> None:
+    import sys
+
     from agents.core.entry import run
 
-    run(APL, APLConfig, "apl")
+    try:
+        name, sys.argv[1:] = entry_for(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if name == "apl_cql":
+        from agents.apl_cql import APLCQL, APLCQLConfig
+
+        run(APLCQL, APLCQLConfig, "apl_cql")
+    else:
+        run(APL, APLConfig, "apl")
 
 
 if __name__ == "__main__":

@@ -236,3 +236,28 @@ def test_gcql_penalty_is_gated_per_row():
     recent, main = make_batch(source=RECENT), make_batch(source=SOURCE_IDS["online"])
     assert agent.critic_loss(recent, recent.obs, recent.next_obs, ONLINE)[1]["loss/cql"] == 0
     assert agent.critic_loss(main, main.obs, main.next_obs, ONLINE)[1]["loss/cql"] != 0
+
+
+def test_apl_variant_argument_picks_the_entry(monkeypatch, capsys):
+    """`python -m agents.apl variant=cql` runs GCQL (agents.apl_cql), `variant=td3bc` or none GTD3BC; the argument
+    never reaches hydra (no such config key), and a wrong or swept value is one error line, exit status 2."""
+    import sys
+
+    import agents.apl as apl_module
+    import agents.core.entry as entry
+
+    assert apl_module.entry_for(["seed=1", "variant=cql"]) == ("apl_cql", ["seed=1"])
+    assert apl_module.entry_for(["variant=td3bc", "seed=1"]) == ("apl", ["seed=1"])
+    assert apl_module.entry_for(["seed=1"]) == ("apl", ["seed=1"])
+    ran = []
+    monkeypatch.setattr(entry, "run", lambda cls, cfg_cls, name: ran.append((cls, name, list(sys.argv[1:]))))
+    monkeypatch.setattr(sys, "argv", ["agents.apl", "variant=cql", "experiment=smoke"])
+    apl_module.main()
+    assert ran == [(APLCQL, "apl_cql", ["experiment=smoke"])]
+    for bad in (["variant=sac"], ["-m", "variant=cql,td3bc"], ["variant=cql", "variant=td3bc"]):
+        monkeypatch.setattr(sys, "argv", ["agents.apl", *bad])
+        with pytest.raises(SystemExit) as exit_:
+            apl_module.main()
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert len(ran) == 1
