@@ -11,7 +11,8 @@ step of the same update (as the reference). Batches are half offline, half onlin
 
 `agent.selection_penalty=kappa` ranks the candidates by a lower confidence bound Q - kappa u(s, a_i)
 instead, with u the shared uncertainty API (worldmodels/uncertainty.py; `agent.uncertainty=q_std`: the
-std over this agent's critics); kappa = 0 is the paper's rule exactly (u is never computed).
+std over this agent's critics; a dynamics estimator such as `ensemble_std` reads the world model's ensemble
+when one is on); kappa = 0 is the paper's rule exactly (u is never computed).
 
 Differences from the reference: no 5000-step collection before the first update (the trainer's
 warm-up would act uniformly at random, PEX acts with the set); evaluation takes both modes and the
@@ -20,11 +21,13 @@ argmax (the reference keeps eps 0.1 sampling in each); pi_new uses the package's
 
     python -m agents.pex
     python -m agents.pex agent.selection_penalty=1.0   # LCB selection: Q - 1.0 * std_i Q_i
+    python -m agents.pex world_model=ensemble agent.selection_penalty=1.0 agent.uncertainty=ensemble_std
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -35,7 +38,10 @@ from agents.core.networks import GaussianActor, adam
 from agents.iql import IQL, IQLConfig, advantage_weighted_loss
 from worldmodels.data.store import Batch
 from worldmodels.progress import Progress
-from worldmodels.uncertainty import make_uncertainty
+from worldmodels.uncertainty import UNCERTAINTIES, make_uncertainty
+
+if TYPE_CHECKING:
+    from worldmodels.dynamics import DynamicsEnsemble
 
 
 @dataclass
@@ -49,7 +55,9 @@ class PEXConfig(IQLConfig):
     normalize_obs: bool = False  # PEX feeds raw states (no state normalization)
     # selection by a lower confidence bound Q - kappa * u(s, a); 0 = the paper's rule (our extension)
     selection_penalty: float = 0.0
-    uncertainty: str = "q_std"  # u for the LCB: make_uncertainty name; q_std = std over the agent's twin critics
+    # u for the LCB (worldmodels/uncertainty.py): q_std = the std over the agent's twin critics; a dynamics estimator
+    # (aleatoric, disagreement, ensemble_std, total_variance) reads the world model's ensemble (world_model=ensemble)
+    uncertainty: str = "q_std"
 
 
 def selection_probs(q: Tensor, inv_temperature: float, u: Tensor | None = None, kappa: float = 0.0) -> Tensor:
@@ -63,9 +71,9 @@ class PEX(IQL):
     def __init__(self, cfg: PEXConfig, spec: EnvSpec, device: torch.device):
         if cfg.actor != "gaussian":
             raise ConfigError(f"agent.actor={cfg.actor!r}: PEX's policy set is Gaussian (agent.actor=gaussian).")
-        if cfg.uncertainty != "q_std":
-            raise ConfigError(f"agent.uncertainty={cfg.uncertainty!r}: PEX has no dynamics model; use q_std "
-                              "(the std over its critics).")
+        if cfg.uncertainty not in UNCERTAINTIES:
+            raise ConfigError(f"agent.uncertainty={cfg.uncertainty!r} is unknown; choose one of "
+                              f"{', '.join(sorted(UNCERTAINTIES))}.")
         super().__init__(cfg, spec, device)
         scale, bias = spec.act_scale, spec.act_bias
         self.pi_offline = GaussianActor(spec.obs_dim, spec.act_dim, scale, bias, cfg.hidden, tanh_mean=True)
@@ -75,7 +83,8 @@ class PEX(IQL):
             actor.LOG_STD_MIN = cfg.log_std_min
         self.to(device)
         self.optimizers["pi_new"] = adam(self.pi_new.parameters(), cfg.actor_lr)  # PEX: no lr schedule online
-        self.uncertainty = make_uncertainty(cfg.uncertainty, self.critic_values)
+        # the dynamics estimators read the run's world model, handed over by use_dynamics
+        self.uncertainty = make_uncertainty("q_std", self.critic_values) if cfg.uncertainty == "q_std" else None
         self.expanded = False  # whether pi_offline holds the trained actor (checkpointed: the copy runs once)
 
     def critic_values(self, obs: Tensor, act: Tensor) -> Tensor:
@@ -93,6 +102,23 @@ class PEX(IQL):
             self.pi_offline.load_state_dict(self.actor.state_dict())
             self.expanded = True
 
+    def use_dynamics(self, model: DynamicsEnsemble | None) -> None:
+        if self.cfg.uncertainty == "q_std":
+            return
+        if model is None:
+            raise ConfigError(f"agent.uncertainty={self.cfg.uncertainty} reads the dynamics ensemble of a world model; "
+                              "turn one on (world_model=ensemble) or use agent.uncertainty=q_std.")
+        self.uncertainty = make_uncertainty(self.cfg.uncertainty, model)
+
+    def candidate_uncertainty(self, obs: Tensor, act: Tensor) -> Tensor:
+        """u(s, a) [N] at normalized obs [N, obs]: the critics read them as they are, the dynamics ensemble
+        (trained on the data's own states) in env units."""
+        if self.uncertainty is None:
+            raise RuntimeError(f"agent.uncertainty={self.cfg.uncertainty} needs use_dynamics(model) first")
+        if self.cfg.uncertainty == "q_std":
+            return self.uncertainty(obs, act)
+        return self.uncertainty(self.normalizer.inverse(obs), act)
+
     # --- the policy set -------------------------------------------------------------
     def candidates(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """[K=2, B, A]: pi_offline's mode and a draw from pi_new (its mode when deterministic)."""
@@ -106,7 +132,7 @@ class PEX(IQL):
         obs_k, acts_k = obs.repeat(k, 1), acts.reshape(k * b, -1)  # [K*B, ...], candidate-major
         q = self.critic(obs_k, acts_k).min(0).values.view(k, b).T  # [B, K]
         kappa = self.cfg.selection_penalty
-        u = self.uncertainty(obs_k, acts_k).view(k, b).T if kappa != 0.0 else None  # [B, K]
+        u = self.candidate_uncertainty(obs_k, acts_k).view(k, b).T if kappa != 0.0 else None  # [B, K]
         return selection_probs(q, self.cfg.inv_temperature, u, kappa)
 
     def select(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:

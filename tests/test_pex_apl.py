@@ -108,6 +108,32 @@ def test_agent_selects_by_the_softmax_of_q_or_its_lcb(kappa):
     assert torch.equal(w, probs.argmax(-1)) and torch.equal(chosen, acts[w, torch.arange(64)])
 
 
+def test_lcb_reads_the_dynamics_ensemble_in_env_units():
+    """agent.uncertainty=ensemble_std: u comes from the run's dynamics ensemble (handed over by use_dynamics), at
+    the states in env units although the critics see them normalized; without a world model, one clear error."""
+    from agents.core.config import ConfigError
+    from worldmodels.dynamics import DynamicsEnsemble
+    from worldmodels.uncertainty import EnsembleStd
+
+    agent = expanded_pex(selection_penalty=0.5, uncertainty="ensemble_std", normalize_obs=True)
+    gen = torch.Generator().manual_seed(2)
+    agent.normalizer.fit(3.0 + 2.0 * torch.randn(500, 3, generator=gen))  # far from the identity
+    with pytest.raises(ConfigError, match="world_model=ensemble"):
+        agent.use_dynamics(None)
+    model = DynamicsEnsemble(3, 2, ensemble_size=3, num_elites=2, hidden=(16,), weight_decays=(0.0, 0.0))
+    agent.use_dynamics(model)
+    raw = 3.0 + 2.0 * torch.randn(64, 3, generator=gen)
+    obs = agent.normalizer(raw)
+    acts = agent.candidates(obs, deterministic=True)  # [2, B, A]
+    s = acts.sum(-1).T  # [B, K]
+    q = torch.minimum(s, 2 * s) + obs.sum(-1, keepdim=True)  # KnownCritic's min, at the normalized states
+    u = EnsembleStd(model)(raw.repeat(2, 1), acts.reshape(128, 2)).view(2, 64).T  # [B, K], env units
+    assert u.std() > 0
+    assert torch.allclose(agent.selection(obs, acts), torch.softmax(10.0 * (q - 0.5 * u), -1), atol=1e-5)
+    with pytest.raises(ConfigError, match="q_std"):
+        PEX(PEXConfig(hidden=[16, 16], uncertainty="q_mean"), SPEC, CPU)
+
+
 def test_sampled_choices_follow_the_selection_probabilities(monkeypatch):
     agent = expanded_pex()
     n = 20_000

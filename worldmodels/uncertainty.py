@@ -136,6 +136,7 @@ _REGISTRY: dict[str, Callable[..., Uncertainty]] = {
     TotalVariance.name: TotalVariance,
     QEnsembleStd.name: QEnsembleStd,
 }
+UNCERTAINTIES = tuple(_REGISTRY)  # the names make_uncertainty builds
 
 
 def make_uncertainty(name: str, model, **kwargs) -> Uncertainty:

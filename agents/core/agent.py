@@ -11,6 +11,8 @@ checkpoints, and calls these methods, always handing progress over as a value:
     on_offline_start(offline)        -> once, on a fresh start, with the offline store (observation statistics)
     on_phase(progress)               -> at the start of each phase, on a fresh start AND on resume: idempotent
     on_episode_end(episode, progress)-> after every online episode (return, normalized return, length, rows)
+    use_dynamics(model)              -> once, when the run is built: the world model's dynamics ensemble, or
+                                        None without one, for agents that read its uncertainty (PEX's LCB)
 
 Every module, optimizer and scheduler an agent will ever use exists from `__init__`, so
 `load_state_dict` restores any phase exactly; `state_dict()` includes optimizer and scheduler
@@ -20,6 +22,7 @@ states and counters (through nn.Module extra state).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +30,9 @@ from torch import Tensor, nn
 from worldmodels.data.fields import TransitionField
 from worldmodels.data.store import Batch, TransitionStore
 from worldmodels.progress import EpisodeEnd, Progress
+
+if TYPE_CHECKING:
+    from worldmodels.dynamics import DynamicsEnsemble
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,10 @@ class Agent(nn.Module):
 
     def on_episode_end(self, episode: EpisodeEnd, progress: Progress) -> None:
         pass
+
+    def use_dynamics(self, model: DynamicsEnsemble | None) -> None:
+        """The run's dynamics ensemble (None when no world model is on). The trainer fits, refits and
+        checkpoints it in place; an agent may only read it (u(obs, act) through worldmodels/uncertainty.py)."""
 
     # --- helpers for subclasses --------------------------------------------------
     def step(self, name: str, loss: Tensor) -> None:

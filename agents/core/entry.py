@@ -99,6 +99,7 @@ def build_run(agent_cls: type[Agent], cfg: RunConfig, run_dir: Path) -> Trainer:
             raise
         raise ConfigError(f"world_model.load_path={cfg.world_model.load_path} is not a saved dynamics model "
                           f"({one_line(err)}); give the dynamics.pt of a model-based run's directory.") from err
+    agent.use_dynamics(world.model)
     return Trainer(agent, cfg.trainer, lambda: make_env(env_id),
                    offline_store(dataset, device) if dataset is not None else None,
                    run_dir, seed=cfg.seed, ref_scores=refs, summary_extra=extra, world=world, sampler=cfg.sampler)

@@ -51,6 +51,10 @@ class ObsNormalizer(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         return (obs - self.mean) / self.std
 
+    def inverse(self, obs: Tensor) -> Tensor:
+        """Normalized states back to env units (up to rounding)."""
+        return obs * self.std + self.mean
+
 
 class EnsembleLayerNorm(nn.Module):
     """LayerNorm over the last dim with a learned scale and shift per member: x [E, B, H] -> [E, B, H].
