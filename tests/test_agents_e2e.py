@@ -208,3 +208,26 @@ def test_kept_policies_replay_their_evaluations_and_the_gait_tool_reads_them(tmp
     assert float(total[4]) == round(float(np.mean(np.abs(obs[:, 1]) > np.pi / 2)), 2)
     bad = run_cli([sys.executable, "-m", "agents.tools.gait"])
     assert bad.returncode == 2 and "usage" in bad.stderr, bad.describe()
+
+
+def test_calibration_ranks_a_runs_critic_ensemble(agent_runs, tiny_dataset_id, tmp_path):
+    """`python -m agents.tools.calibration critic_run=RUN_DIR`: the run's critics restored from its checkpoint and
+    ranked on the held-out and the training data; a run without a critic ensemble is refused in one line."""
+    import json
+
+    from agents.core.config import ConfigError
+    from agents.tools.calibration import CalibrationConfig, HeldoutConfig, run
+
+    sac, bc = agent_runs["sac"].result(), agent_runs["bc"].result()
+    assert sac.returncode == 0 and bc.returncode == 0, sac.describe() + bc.describe()
+    cfg = CalibrationConfig(critic_run=str(sac.run_dir), heldout=HeldoutConfig(id=tiny_dataset_id), num_states=300,
+                            critic_min_steps_left=50)  # the tiny data holds no episode of 500 steps
+    report = run(cfg, tmp_path)
+    assert (report["agent"], report["critics"], report["updates"]) == ("sac", 2, sac.summary["updates"])
+    for key in ("heldout", "train"):
+        assert report[key]["dataset"] == tiny_dataset_id and 0 < report[key]["rows"] <= 300
+        assert -1.0 <= report[key]["spearman"] <= 1.0 and 0.0 <= report[key]["auroc"] <= 1.0
+    assert json.loads((tmp_path / "critic_calibration.json").read_text())["heldout"] == report["heldout"]
+    assert "| heldout: " in (tmp_path / "critic_calibration.md").read_text()
+    with pytest.raises(ConfigError, match="no ensemble of two or more critics"):
+        run(CalibrationConfig(critic_run=str(bc.run_dir), heldout=HeldoutConfig(id=tiny_dataset_id)), tmp_path)

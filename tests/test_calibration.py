@@ -273,3 +273,42 @@ def test_cli_end_to_end(cli_runs):
         m = report["estimators"][name]
         assert -1.0 <= m["spearman_1step"] <= 1.0 and 0.0 <= m["auroc_1step"] <= 1.0
         assert 0.0 <= m["auroc_hstep"] <= 1.0 and 0.0 <= m["auroc_hstep_path"] <= 1.0
+
+
+def test_critic_ranking_by_hand():
+    """critic_run's core: rows with a known return (a terminated episode whole, a truncated one only
+    min_steps_left or more steps before its cut), u = the std over the critics, error = |mean Q - G|.
+    Critics answering G and G + 2d have mean G + d and std sqrt(2) d: u ranks the error perfectly."""
+    from agents.tools.calibration import critic_ranking
+
+    rng = np.random.default_rng(0)
+    lengths = (5, 8)  # episode A ends in a termination, B at a time limit
+    n = sum(lengths)
+    ds = OfflineDataset(
+        dataset_id="t/hand-v0", env_id="Pendulum-v1",
+        observations=np.zeros((n, 3), np.float32), actions=np.zeros((n, 1), np.float32),
+        rewards=rng.normal(size=n).astype(np.float32), next_observations=np.zeros((n, 3), np.float32),
+        terminations=np.array([False] * 4 + [True] + [False] * 8), truncations=np.array([False] * 12 + [True]),
+        episode_ids=np.repeat([0, 1], lengths))
+    gamma = 0.9
+    g = ds.returns_to_go(gamma)
+    d = rng.uniform(0.1, 5.0, size=n).astype(np.float32)  # each row's error, all distinct
+    ds.observations[:, 0], ds.observations[:, 1] = g, d
+
+    class Agent:  # no normalizer: the critics read the states as they are
+        @staticmethod
+        def critic(obs, act):
+            return torch.stack([obs[:, 0], obs[:, 0] + 2 * obs[:, 1]])  # [2, R]
+
+    report = critic_ranking(Agent(), ds, gamma, num_rows=100, min_steps_left=3, quantile=0.5, seed=0,
+                            device=torch.device("cpu"))
+    kept = np.r_[0:5, 5:11]  # all of A; B's rows with 8, 7, ..., 3 steps left
+    assert report["rows"] == len(kept)
+    assert report["return_mean"] == pytest.approx(float(g[kept].mean()), rel=1e-5)
+    assert report["q_minus_return"] == pytest.approx(float(d[kept].mean()), rel=1e-5)
+    assert report["u_mean"] == pytest.approx(math.sqrt(2) * float(d[kept].mean()), rel=1e-5)
+    assert report["spearman"] == pytest.approx(1.0) and report["auroc"] == pytest.approx(1.0)
+    assert critic_ranking(Agent(), ds, gamma, 4, 3, 0.5, 0, torch.device("cpu"))["rows"] == 4  # a subsample
+    with pytest.raises(DatasetError, match="critic_min_steps_left"):
+        ds.terminations[:] = False
+        critic_ranking(Agent(), ds, gamma, 100, 9, 0.5, 0, torch.device("cpu"))

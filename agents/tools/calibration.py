@@ -3,6 +3,7 @@
     python -m agents.tools.calibration                   # default dataset; held-out: medium-expert
     python -m agents.tools.calibration experiment=smoke  # the same in well under two minutes
     python -m agents.tools.calibration model_path=runs/mopo/<run>/dynamics.pt heldout.id=<minari id>
+    python -m agents.tools.calibration critic_run=runs/redq/<run>   # a run's critic ensemble instead
 
 For each estimator u (worldmodels/uncertainty.py, each with its own default members and dims) it reports
 how well u ranks the model's true errors on held-out transitions: the one-step error and the h-step
@@ -17,13 +18,19 @@ built with the SAC behaviour learner), which is why this tool lives above both l
 Writes calibration.md, calibration.json, error_vs_uncertainty.png and rollout_error_growth.png into the
 hydra run dir (and dynamics.pt when it fits the model itself; worldmodels/analysis/report.py), then prints
 the Markdown table. User errors print one line and exit with status 2.
+
+`critic_run=RUN_DIR` ranks a critic ensemble the same way: u = the std over the run's critics (the Q-ensemble
+estimator of worldmodels/uncertainty.py, UPQ's U) against its error |mean_i Q_i(s, a) - G(s, a)|, G the true
+discounted return from the logged (s, a), on the held-out data (`heldout.*`, of the run's own recipe) and on
+the run's training data. Writes critic_calibration.md and critic_calibration.json.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -47,12 +54,14 @@ from agents.core.config import (
 from agents.core.entry import CONFIG_DIR, load_dataset
 from agents.core.trainer import seed_everything
 from worldmodels.analysis.evaluation import DYNAMICS_ESTIMATORS, check_compatible, evaluate, summarize
+from worldmodels.analysis.metrics import score
 from worldmodels.analysis.report import write_outputs
 from worldmodels.data.minari_load import DatasetError, OfflineDataset, load_offline_dataset
 from worldmodels.data.recipes import Recipe, build
 from worldmodels.dynamics import DynamicsEnsemble
 from worldmodels.rollout import RolloutConfig
 from worldmodels.termination import never_terminates
+from worldmodels.uncertainty import QEnsembleStd
 from worldmodels.world import WorldModelConfig, make_dynamics
 
 
@@ -78,6 +87,10 @@ class CalibrationConfig:
     # when the cores are shared (measured: 31 ms vs 204 ms per ensemble train step on 2 busy cores); 0 = torch's
     threads: int = 1
     experiment: str = "quick"
+    critic_run: str | None = None  # a run directory: rank its critic ensemble's std instead of a dynamics model's u
+    # critic_run: rows whose discounted return is known, i.e. in a terminated episode or at least this many steps
+    # before a time-limit cut (0.99^500 = 0.007 of the return lies past the cut)
+    critic_min_steps_left: int = 500
     # Present so that the shared experiment presets compose; only trainer.progress is read (dataset build).
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -188,8 +201,84 @@ def load_heldout(cfg: CalibrationConfig, env_id: str, device: torch.device) -> O
     return load_offline_dataset(build(recipe, SACBehaviour(), device, progress=cfg.trainer.progress))
 
 
+@torch.no_grad()
+def critic_ranking(agent, ds: OfflineDataset, gamma: float, num_rows: int, min_steps_left: int, quantile: float,
+                   seed: int, device: torch.device) -> dict:
+    """How well u = std_i Q_i(s, a) over the agent's critics ranks their error |mean_i Q_i(s, a) - G(s, a)| on ds's
+    logged (s, a), G the discounted return from there: at most num_rows rows (a fixed draw) whose G is known."""
+    t = np.arange(ds.num_transitions)
+    end_rows = np.flatnonzero(ds.episode_ends)
+    end = end_rows[np.searchsorted(end_rows, t)]  # the last row of each row's episode
+    rows = np.flatnonzero(np.asarray(ds.terminations, dtype=bool)[end] | (end - t + 1 >= min_steps_left))
+    if len(rows) == 0:
+        raise DatasetError(f"dataset '{ds.dataset_id}': no row with a known return (no terminated episode, none "
+                           f"{min_steps_left} steps before a time limit); lower critic_min_steps_left.")
+    rows = np.sort(rows[np.random.default_rng(seed).permutation(len(rows))[:num_rows]])
+    obs = torch.as_tensor(ds.observations[rows], dtype=torch.float32, device=device)
+    normalizer = getattr(agent, "normalizer", None)
+    obs = normalizer(obs) if normalizer is not None else obs
+    q = agent.critic(obs, torch.as_tensor(ds.actions[rows], dtype=torch.float32, device=device)).float()  # [N, R]
+    u = QEnsembleStd.from_prediction(q)  # [R]
+    ret = torch.as_tensor(ds.returns_to_go(gamma)[rows], device=device)  # [R]
+    err = (q.mean(0) - ret).abs()  # [R]
+    return {"dataset": ds.dataset_id, "rows": int(len(rows)), "q_mean": q.mean().item(),
+            "return_mean": ret.mean().item(), "q_minus_return": (q.mean(0) - ret).mean().item(),
+            "u_mean": u.mean().item(), **score(u.cpu().numpy(), err.cpu().numpy(), quantile)}
+
+
+def run_critic(cfg: CalibrationConfig, out_dir: Path) -> dict:
+    """critic_run=RUN_DIR: the run's critic ensemble (restored from its checkpoint) ranked on held-out data of its
+    own recipe and on its training data."""
+    from agents.tools.exploitation import load_trainer  # the run loader shared with the exploitation tool
+
+    start = time.perf_counter()
+    if cfg.critic_min_steps_left < 1:
+        raise ConfigError(f"critic_min_steps_left={cfg.critic_min_steps_left} must be a positive integer.")
+    trainer, run_cfg = load_trainer(Path(cfg.critic_run), model_based=False)
+    critic = getattr(trainer.agent, "critic", None)
+    if critic is None or getattr(critic, "num_critics", 0) < 2:
+        raise ConfigError(f"critic_run={cfg.critic_run}: agent {run_cfg.agent.name} has no ensemble of two or more "
+                          "critics to calibrate; give a run of an agent with one (sac, cql, redq, off2on, ...).")
+    if run_cfg.dataset.id is not None and cfg.heldout.id is None:
+        raise ConfigError(f"critic_run={cfg.critic_run} trained on dataset.id={run_cfg.dataset.id}, not a recipe; "
+                          "name the held-out data with heldout.id=<minari id>.")
+    device = trainer.device
+    train_ds = load_dataset(run_cfg, device)
+    heldout = load_heldout(replace(cfg, dataset=run_cfg.dataset), train_ds.env_id, device)
+    if heldout.env_id != train_ds.env_id:
+        raise ConfigError(f"heldout: {heldout.dataset_id} is {heldout.env_id} data; the run's critics are "
+                          f"{train_ds.env_id}'s.")
+    trainer.agent.eval()
+    args = (run_cfg.agent.gamma, cfg.num_states, cfg.critic_min_steps_left, cfg.threshold_quantile, cfg.seed, device)
+    report = {"critic_run": str(cfg.critic_run), "agent": run_cfg.agent.name, "critics": critic.num_critics,
+              "updates": trainer.state.updates, "gamma": run_cfg.agent.gamma,
+              "u": "std over the critics of Q_i(s, a) (q_std)", "error": "|mean_i Q_i(s, a) - G(s, a)|",
+              "auroc_positive": f"error > quantile {cfg.threshold_quantile} of the errors",
+              "heldout": critic_ranking(trainer.agent, heldout, *args),
+              "train": critic_ranking(trainer.agent, train_ds, *args)}
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    lines = [f"Critic ensemble of {cfg.critic_run} ({report['agent']}, {report['critics']} critics, update "
+             f"{report['updates']}): u = std_i Q_i(s, a) against |mean_i Q_i(s, a) - G(s, a)|\n",
+             "| data | rows | Spearman | AUROC | mean Q | mean G | mean Q - G | mean u |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in ("heldout", "train"):
+        r = report[key]
+        lines.append(f"| {key}: {r['dataset']} | {r['rows']} | {r['spearman']:.3f} | {r['auroc']:.3f} | "
+                     f"{r['q_mean']:.2f} | {r['return_mean']:.2f} | {r['q_minus_return']:.2f} | {r['u_mean']:.3f} |")
+    table = "\n".join(lines) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "critic_calibration.md").write_text(table)
+    (out_dir / "critic_calibration.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(table)
+    return report
+
+
 def run(cfg: CalibrationConfig, run_dir: Path) -> dict:
     """Everything after config composition; raises ConfigError / DatasetError on user errors."""
+    if cfg.critic_run is not None:
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        return run_critic(cfg, run_dir)
     start = time.perf_counter()
     check_config(cfg)
     if cfg.threads > 0:
