@@ -224,7 +224,7 @@ def test_calibration_ranks_a_runs_critic_ensemble(agent_runs, tiny_dataset_id, t
                             critic_min_steps_left=50)  # the tiny data holds no episode of 500 steps
     report = run(cfg, tmp_path)
     assert (report["agent"], report["critics"], report["updates"]) == ("sac", 2, sac.summary["updates"])
-    for key in ("heldout", "train"):
+    for key in ("heldout", "run_dataset"):
         assert report[key]["dataset"] == tiny_dataset_id and 0 < report[key]["rows"] <= 300
         assert -1.0 <= report[key]["spearman"] <= 1.0 and 0.0 <= report[key]["auroc"] <= 1.0
     assert json.loads((tmp_path / "critic_calibration.json").read_text())["heldout"] == report["heldout"]

@@ -22,7 +22,7 @@ the Markdown table. User errors print one line and exit with status 2.
 `critic_run=RUN_DIR` ranks a critic ensemble the same way: u = the std over the run's critics (the Q-ensemble
 estimator of worldmodels/uncertainty.py, UPQ's U) against its error |mean_i Q_i(s, a) - G(s, a)|, G the true
 discounted return from the logged (s, a), on the held-out data (`heldout.*`, of the run's own recipe) and on
-the run's training data. Writes critic_calibration.md and critic_calibration.json.
+the run's dataset. Writes critic_calibration.md and critic_calibration.json.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def critic_ranking(agent, ds: OfflineDataset, gamma: float, num_rows: int, min_s
 
 def run_critic(cfg: CalibrationConfig, out_dir: Path) -> dict:
     """critic_run=RUN_DIR: the run's critic ensemble (restored from its checkpoint) ranked on held-out data of its
-    own recipe and on its training data."""
+    own recipe and on the run's dataset (its training data, or its offline data's stand-in for an online-only run)."""
     from agents.tools.exploitation import load_trainer  # the run loader shared with the exploitation tool
 
     start = time.perf_counter()
@@ -255,13 +255,13 @@ def run_critic(cfg: CalibrationConfig, out_dir: Path) -> dict:
               "u": "std over the critics of Q_i(s, a) (q_std)", "error": "|mean_i Q_i(s, a) - G(s, a)|",
               "auroc_positive": f"error > quantile {cfg.threshold_quantile} of the errors",
               "heldout": critic_ranking(trainer.agent, heldout, *args),
-              "train": critic_ranking(trainer.agent, train_ds, *args)}
+              "run_dataset": critic_ranking(trainer.agent, train_ds, *args)}
     report["seconds"] = round(time.perf_counter() - start, 2)
     lines = [f"Critic ensemble of {cfg.critic_run} ({report['agent']}, {report['critics']} critics, update "
              f"{report['updates']}): u = std_i Q_i(s, a) against |mean_i Q_i(s, a) - G(s, a)|\n",
              "| data | rows | Spearman | AUROC | mean Q | mean G | mean Q - G | mean u |",
              "|---|---|---|---|---|---|---|---|"]
-    for key in ("heldout", "train"):
+    for key in ("heldout", "run_dataset"):
         r = report[key]
         lines.append(f"| {key}: {r['dataset']} | {r['rows']} | {r['spearman']:.3f} | {r['auroc']:.3f} | "
                      f"{r['q_mean']:.2f} | {r['return_mean']:.2f} | {r['q_minus_return']:.2f} | {r['u_mean']:.3f} |")
