@@ -206,10 +206,9 @@ def critic_ranking(agent, ds: OfflineDataset, gamma: float, num_rows: int, min_s
                    seed: int, device: torch.device) -> dict:
     """How well u = std_i Q_i(s, a) over the agent's critics ranks their error |mean_i Q_i(s, a) - G(s, a)| on ds's
     logged (s, a), G the discounted return from there: at most num_rows rows (a fixed draw) whose G is known."""
-    t = np.arange(ds.num_transitions)
-    end_rows = np.flatnonzero(ds.episode_ends)
-    end = end_rows[np.searchsorted(end_rows, t)]  # the last row of each row's episode
-    rows = np.flatnonzero(np.asarray(ds.terminations, dtype=bool)[end] | (end - t + 1 >= min_steps_left))
+    end = ds.episode_end_rows()  # [N]
+    left = end - np.arange(ds.num_transitions) + 1  # steps left in the episode, counting this one
+    rows = np.flatnonzero(np.asarray(ds.terminations, dtype=bool)[end] | (left >= min_steps_left))
     if len(rows) == 0:
         raise DatasetError(f"dataset '{ds.dataset_id}': no row with a known return (no terminated episode, none "
                            f"{min_steps_left} steps before a time limit); lower critic_min_steps_left.")

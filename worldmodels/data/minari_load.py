@@ -116,6 +116,12 @@ class OfflineDataset:
             ends[:-1] = ids[1:] != ids[:-1]
         return ends
 
+    def episode_end_rows(self) -> np.ndarray:
+        """Int [N]: the row of the last transition of each row's episode (steps left, this one included, is
+        that minus the row plus one)."""
+        ends = np.flatnonzero(self.episode_ends)
+        return ends[np.searchsorted(ends, np.arange(self.num_transitions))]
+
     @property
     def num_episodes(self) -> int:
         return int(self.episode_starts.sum())
