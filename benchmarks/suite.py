@@ -181,8 +181,11 @@ def override_dirname(overrides: dict[str, str], start_from: Path | None = None) 
                     None if start_from is None else str(start_from))
 
 
-def model_based(agent: str) -> bool:
-    """Whether the agent's root config turns a world model on (its defaults list's world_model choice)."""
+def model_based(agent: str, overrides: dict[str, str] | None = None) -> bool:
+    """Whether the agent's runs have a world model: `world_model=` among the overrides (any agent trains on
+    imagined data by that switch), else its root config's defaults list's world_model choice."""
+    if overrides and "world_model" in overrides:
+        return overrides["world_model"] != "none"
     defaults = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{agent}.yaml")).get("defaults", [])
     return any(isinstance(d, dict) and d.get("world_model", "none") != "none" for d in defaults)
 
@@ -194,7 +197,7 @@ def rollout_for(agent: str, dataset: str, overrides: dict[str, str]) -> dict[str
     from agents.core.entry import dataset_rollout
 
     own = dataset_rollout(dataset)
-    if "rollout" in overrides or own is None or not model_based(agent):
+    if "rollout" in overrides or own is None or not model_based(agent, overrides):
         return {}
     return {"rollout": own}
 

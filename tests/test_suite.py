@@ -89,6 +89,13 @@ def test_model_based_agents_take_each_datasets_rollout_values(tmp_path):
     named = S.load_suite({"suite": "quick", "agents": "[moore]", "datasets": "[hopper-medium-replay]", "seeds": "1",
                           "rollout": "hopper-medium"})
     assert S.plan(named, tmp_path)[0].extra == {}  # the user's rollout= is every job's
+    # the world-model switch makes a model-free agent model-based, and turns a model-based one off
+    switched = S.load_suite({"suite": "quick", "agents": "[pex]", "datasets": "[hopper-medium-replay]", "seeds": "1",
+                             "world_model": "ensemble"})
+    assert S.plan(switched, tmp_path)[0].extra == {"rollout": "hopper-medium-replay"}
+    off = S.load_suite({"suite": "quick", "agents": "[moore]", "datasets": "[hopper-medium-replay]", "seeds": "1",
+                        "world_model": "none"})
+    assert S.plan(off, tmp_path)[0].extra == {}
 
 
 def test_suite_end_to_end_two_agents(tmp_path, tiny_dataset_id, monkeypatch):
