@@ -14,7 +14,8 @@ launcher (`hydra/launcher=local`, joblib) unless a `hydra/launcher=` is given (`
 directory is DIR/runs/<agent>/<its overrides>/, hydra's override_dirname as configs/common.yaml
 sets it, so the same command finds the same directories: a run with summary.json is finished and
 skipped, a run with a checkpoint is started again and resumes from it (agents/core/entry.py), the
-rest start fresh. Then the report (benchmarks/report.py) of the suite's runs goes into DIR.
+rest start fresh. Then the report (benchmarks/report.py) goes into DIR: every finished run in DIR/runs,
+this command's and those of earlier commands with the same out=.
 
 `start_from=SOURCE` shares offline phases: each run of the listed agents takes over the offline phase of
 agent SOURCE's run on the same dataset and seed (`trainer.start_from`, the source's switch.pt) and trains
@@ -41,7 +42,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from agents.core.rundir import SWITCH_FILE, run_name
-from benchmarks.report import make_report
+from benchmarks.report import find_runs, make_report
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SUITE_KEYS = ("suite", "out", "agents", "datasets", "seeds", "reps", "start_from")
@@ -316,11 +317,17 @@ def run_suite(suite: Suite, out: Path, reps: int = 2000) -> tuple[Path, list[Job
     finished = [j.run_dir for j in jobs if j.status == "finished"]
     if not finished:
         raise RuntimeError("no run of the suite finished; see the errors above")
+    # DIR/report.md describes DIR: earlier commands' runs there (other agents, branches, seeds) stay in it
+    done = {p.resolve() for p in finished}
+    earlier = [r.path for r in find_runs([out / "runs"])[0] if r.path not in done]
+    if earlier:
+        header += ("\n\n" if header else "") + (f"With {len(earlier)} finished run(s) of earlier commands in "
+                                                 f"{out / 'runs'}: the report covers every run there.")
     branch = f" (online phases from {suite.start_from}'s offline ones)" if suite.start_from else ""
     own = f"; their own overrides {' '.join(f'{k}={v}' for k, v in suite.branch.items())}" if suite.branch else ""
     preset = (f"Suite: agents {', '.join(suite.agents)}{branch}; datasets {', '.join(suite.datasets)}; "
               f"{suite.seeds} seeds; overrides {' '.join(f'{k}={v}' for k, v in suite.overrides.items())}{own}.")
-    return make_report(finished, out, reps=reps, header=preset + ("\n\n" + header if header else "")), failed
+    return make_report(finished + earlier, out, reps=reps, header=preset + ("\n\n" + header if header else "")), failed
 
 
 def parse(argv: list[str]) -> dict[str, str]:

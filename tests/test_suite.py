@@ -124,6 +124,11 @@ def test_suite_end_to_end_two_agents(tmp_path, tiny_dataset_id, monkeypatch):
     stamp = runs[0].stat().st_mtime_ns
     assert S.main([f"{k}={v}" for k, v in args.items()]) == 0
     assert runs[0].stat().st_mtime_ns == stamp
+    # a command on one agent into the same folder keeps the other agent's runs in the folder's report
+    assert S.main([f"{k}={v}" for k, v in (args | {"agents": "[bc]"}).items()]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| bc offline | bc online | td3bc offline | td3bc online |" in report
+    assert "With 1 finished run(s) of earlier commands" in report
 
 
 def test_a_branch_is_named_by_its_source_however_the_path_is_spelled(tmp_path, monkeypatch):
