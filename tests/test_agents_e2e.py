@@ -162,6 +162,14 @@ def test_exploitation_tool_reads_a_model_based_run(agent_runs, tiny_dataset_id):
             q_minus = rows["Q(s, a) (critic)"][col] - rows["discounted return (true)"][col]
             assert rows["Q - return"][col] == pytest.approx(q_minus, abs=5e-3)
 
+    # the action-support table at logged states: the logged actions' edge share is the dataset's own
+    low, high = -1.0, 1.0  # HalfCheetah's action box
+    centre, half = (high + low) / 2, (high - low) / 2
+    logged_edge = rows["share of action components at the edge"][0]
+    assert logged_edge == pytest.approx(float((np.abs(ds.actions - centre) > 0.95 * half).mean()), abs=1e-3)
+    assert 0.0 <= rows["share of action components at the edge"][1] <= 1.0
+    assert np.isfinite(rows["outward dQ/da at pi(s)"][1]) and np.isfinite(rows["Q(s, .) (critic, min)"]).all()
+
     td3bc = agent_runs["td3bc"].result()
     refused = run_cli([sys.executable, "-m", "agents.tools.exploitation", str(td3bc.run_dir)])
     assert refused.returncode == 2 and "model-free" in refused.stderr, refused.describe()

@@ -312,3 +312,30 @@ def test_critic_ranking_by_hand():
     with pytest.raises(DatasetError, match="critic_min_steps_left"):
         ds.terminations[:] = False
         critic_ranking(Agent(), ds, gamma, 100, 9, 0.5, 0, torch.device("cpu"))
+
+
+def test_action_support_figures_on_a_hand_case():
+    """The exploitation tool's action-support table: u, Q and the edge share at the logged and the policy's
+    actions, and the outward component of dQ/da, on a critic and an estimator whose values are known."""
+    from agents.tools.exploitation import action_support_figures
+
+    obs = torch.zeros(2, 3)
+    logged = torch.tensor([[0.0, 0.5], [0.2, -0.1]])
+    pi = torch.tensor([[0.99, -0.5], [-1.0, 0.0]])  # 2 of 4 components within 5% of the box's edge
+    w = torch.tensor([2.0, -1.0])
+    critic = lambda o, a: torch.stack([(a * w).sum(-1) + 1.0, (a * w).sum(-1)])  # noqa: E731  min = a . w; dQ/da = w
+    estimator = lambda o, a: a.abs().sum(-1)  # noqa: E731
+    low, high = -torch.ones(2), torch.ones(2)
+    out = action_support_figures(lambda o: pi, critic, estimator, obs, logged, low, high)
+    u_logged, u_pi = out["u (the run's penalty estimator)"]
+    assert u_logged == pytest.approx((0.5 + 0.3) / 2) and u_pi == pytest.approx((1.49 + 1.0) / 2)
+    assert out["share of action components at the edge"] == (0.0, 0.5)
+    q_logged, q_pi = out["Q(s, .) (critic, min)"]
+    assert q_logged == pytest.approx((-0.5 + 0.5) / 2) and q_pi == pytest.approx((2.48 - 2.0) / 2)
+    # sign(pi) = [[+, -], [-, 0]]: w * sign = [[2, 1], [-2, 0]], mean 0.25
+    assert out["outward dQ/da at pi(s)"][1] == pytest.approx(0.25)
+    # an off-centre box: the edge and the outward sign are measured from its centre, not from 0
+    shifted = action_support_figures(lambda o: pi + 1.0, critic, estimator, obs, logged + 1.0, low + 1.0, high + 1.0)
+    assert shifted["share of action components at the edge"] == (0.0, 0.5)
+    assert shifted["outward dQ/da at pi(s)"][1] == pytest.approx(0.25)
+    assert "Q(s, .) (critic, min)" not in action_support_figures(lambda o: pi, None, estimator, obs, logged, low, high)
