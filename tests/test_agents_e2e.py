@@ -217,6 +217,41 @@ def test_kept_policies_replay_their_evaluations_and_the_gait_tool_reads_them(tmp
     bad = run_cli([sys.executable, "-m", "agents.tools.gait"])
     assert bad.returncode == 2 and "usage" in bad.stderr, bad.describe()
 
+    # logged_starts=N: every kept policy from N logged states and from the data's episode starts
+    starts = run_cli([sys.executable, "-m", "agents.tools.gait", str(run.run_dir), "logged_starts=3"])
+    assert starts.returncode == 0, starts.describe()
+    table = [ln.split("|")[1:-1] for ln in starts.stdout.split("from 3 logged states")[1].splitlines()
+             if ln.startswith("| ") and "/" in ln]
+    assert [r[0].strip() for r in table] == ["30 / 0", "60 / 0", "60 / 30", "60 / 60"]
+    assert all(0.0 <= float(r[2]) <= 1.0 and 0.0 <= float(r[4]) <= 1.0 for r in table)
+    negative = run_cli([sys.executable, "-m", "agents.tools.gait", str(run.run_dir), "logged_starts=-1"])
+    assert negative.returncode == 2 and "logged_starts=-1" in negative.stderr, negative.describe()
+
+
+def test_a_restored_logged_state_steps_to_the_logged_next_state(tiny_dataset_id):
+    """The gait tool's restore_state: the simulator set to a logged state, stepped with the logged action, gives
+    the logged next observation, so a policy played from there starts where the data was."""
+    import numpy as np
+
+    from agents.tools.gait import body_of, restore_state, velocities_from
+    from worldmodels.data.minari_load import load_offline_dataset
+    from worldmodels.envs import make_env
+
+    ds = load_offline_dataset(tiny_dataset_id)
+    body = body_of(ds.env_id)
+    env = make_env(ds.env_id)
+    env.reset(seed=0)
+    for row in (0, 17, len(ds.rewards) - 1):
+        restore_state(env, ds.observations[row], body.vel_index)
+        nxt = env.step(ds.actions[row])[0]
+        np.testing.assert_allclose(nxt, ds.next_observations[row], atol=1e-4)
+    # the velocities of a played policy are the observations' forward velocity
+    vel = velocities_from(env, lambda o: np.zeros(6, dtype=np.float32), ds.observations[17], body.vel_index, steps=4)
+    restore_state(env, ds.observations[17], body.vel_index)
+    by_hand = [env.step(np.zeros(6, dtype=np.float32))[0][body.vel_index] for _ in range(4)]
+    np.testing.assert_allclose(vel, by_hand)
+    env.close()
+
 
 def test_calibration_ranks_a_runs_critic_ensemble(agent_runs, tiny_dataset_id, tmp_path):
     """`python -m agents.tools.calibration critic_run=RUN_DIR`: the run's critics restored from its checkpoint and

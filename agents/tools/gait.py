@@ -4,12 +4,21 @@ the figures behind a score.
     python -m agents.tools.gait RUN_DIR [episodes=5]   # every policy of policies/ (trainer.keep_policies=true),
                                                        # else the checkpoint's
     python -m agents.tools.gait dataset=MINARI_ID       # the logged episodes
+    python -m agents.tools.gait RUN_DIR logged_starts=60 # also: each policy from 60 logged states and from
+                                                       # the data's episode starts (below)
 
 For each kept policy it replays that evaluation's deterministic episodes (its seeds, so the score is
 the one in eval.csv); for a checkpoint it plays `episodes` fresh ones (seed 10**6). One Markdown row
 each: normalized score, forward velocity, control cost per step, the share of steps with the torso
 upside down (|torso angle| > 90 degrees) and the share of action components at the box's edge
 (|a| > 0.95 of the half-range). For a dataset, the same figures per logged episode.
+
+With `logged_starts=N`, a second table plays each policy for 200 steps from N logged states (a fixed draw)
+and from every logged episode's first state, the simulator set to each state (planar walkers observe qpos[1:]
+and qvel, and the x position does not change the dynamics), and gives the forward velocity over the last 50
+steps and the share of starts that end running backwards. The offline phase trains the policy on logged states
+and short model rollouts from them, while an evaluation starts from a standstill: a policy can run forward from
+the first and backward from the second (README, "Why MOPO/MOORe fell", step 12).
 
 Why: a score alone cannot tell a policy that stands still pushing its joints from one that walks
 slowly; on HalfCheetah a motionless policy scores anywhere between its zero-action value and that
@@ -29,7 +38,7 @@ import torch
 
 from agents.core.checkpoint import load_checkpoint
 from agents.core.config import ConfigError
-from agents.core.entry import USER_ERRORS, one_line
+from agents.core.entry import USER_ERRORS, load_dataset, one_line
 from agents.core.trainer import POLICIES_DIR
 from agents.tools.exploitation import load_trainer
 from worldmodels.data.minari_load import load_offline_dataset
@@ -113,6 +122,66 @@ def run_report(run_dir: Path, episodes: int) -> list[str]:
     return lines
 
 
+def restore_state(env: gym.Env, obs: np.ndarray, vel_index: int) -> None:
+    """Set a planar walker's simulator to the state behind obs = (qpos[1:], qvel); x = 0 (it does not enter the
+    dynamics or the observation). vel_index = nq - 1, where qvel starts."""
+    env.unwrapped.set_state(np.r_[0.0, obs[:vel_index]], obs[vel_index:])
+
+
+def velocities_from(env: gym.Env, policy, obs0: np.ndarray, vel_index: int, steps: int = 200) -> np.ndarray:
+    """Forward velocities of `steps` steps of `policy` (obs [o] -> act [a], numpy) from the state behind obs0,
+    fewer if the walker falls (a termination)."""
+    restore_state(env, obs0, vel_index)
+    obs, vels = obs0, []
+    for _ in range(steps):
+        obs, _, terminated, _, _ = env.step(policy(obs))
+        vels.append(float(obs[vel_index]))
+        if terminated:
+            break
+    return np.asarray(vels)
+
+
+LOGGED_HEADER = ("| offline updates / env steps | from {n} logged states: velocity, last 50 of 200 steps | share ending "
+                 "backwards | from the data's {k} episode starts: velocity | share ending backwards |\n"
+                 "|---|---|---|---|---|")
+
+
+def logged_starts_report(run_dir: Path, n: int) -> list[str]:
+    """Each kept policy from n logged states and from the logged episodes' first states (the module docstring)."""
+    trainer, cfg = load_trainer(run_dir, model_based=False)
+    body = body_of(trainer.summary_extra["env_id"])
+    data = load_dataset(cfg, trainer.device)
+    ids = np.asarray(data.episode_ids)
+    first = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # each logged episode's first row
+    drawn = np.random.default_rng(0).choice(data.num_transitions, min(n, data.num_transitions), replace=False)
+    env = make_env(trainer.summary_extra["env_id"])
+    env.reset(seed=0)
+    agent, device = trainer.agent, trainer.device
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            o = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            return agent.act(o, deterministic=True)[0].cpu().numpy()
+
+    def figures(rows: np.ndarray) -> tuple[float, float]:
+        ends = np.array([velocities_from(env, policy, data.observations[r], body.vel_index)[-50:].mean()
+                         for r in rows])
+        return float(ends.mean()), float(np.mean(ends < 0))
+
+    lines = [LOGGED_HEADER.format(n=len(drawn), k=len(first))]
+    try:
+        for path in policies_of(run_dir):
+            state = load_checkpoint(path, trainer.device)
+            agent.load_state_dict(state["agent"])
+            at = state if "offline_updates" in state else state["trainer"]
+            (v_logged, back_logged), (v_first, back_first) = figures(drawn), figures(first)
+            lines.append(f"| {at['offline_updates']} / {at['env_steps']} | {v_logged:.2f} | {back_logged:.2f} | "
+                         f"{v_first:.2f} | {back_first:.2f} |")
+    finally:
+        env.close()
+    return lines
+
+
 def dataset_report(dataset_id: str) -> list[str]:
     ds = load_offline_dataset(dataset_id)
     body = body_of(ds.env_id)
@@ -131,15 +200,23 @@ def dataset_report(dataset_id: str) -> list[str]:
 
 
 def main(argv: list[str]) -> list[str]:
-    opts = dict(a.split("=", 1) for a in argv if "=" in a and a.split("=", 1)[0] in ("episodes", "dataset"))
-    args = [a for a in argv if a.split("=", 1)[0] not in ("episodes", "dataset")]
-    episodes = opts.get("episodes", "5")
+    keys = ("episodes", "dataset", "logged_starts")
+    opts = dict(a.split("=", 1) for a in argv if "=" in a and a.split("=", 1)[0] in keys)
+    args = [a for a in argv if a.split("=", 1)[0] not in keys]
+    episodes, logged = opts.get("episodes", "5"), opts.get("logged_starts", "0")
     if not episodes.isdigit() or int(episodes) < 1:
         raise ConfigError(f"episodes={episodes} must be a positive integer (default 5).")
-    if ("dataset" in opts) == (len(args) == 1) or len(args) > 1:
-        raise ConfigError("usage: python -m agents.tools.gait RUN_DIR [episodes=5]  or  "
+    if not logged.isdigit():
+        raise ConfigError(f"logged_starts={logged} must be a non-negative integer (default 0: off).")
+    if ("dataset" in opts) == (len(args) == 1) or len(args) > 1 or ("dataset" in opts and int(logged)):
+        raise ConfigError("usage: python -m agents.tools.gait RUN_DIR [episodes=5] [logged_starts=N]  or  "
                           "python -m agents.tools.gait dataset=MINARI_ID")
-    lines = dataset_report(opts["dataset"]) if "dataset" in opts else run_report(Path(args[0]), int(episodes))
+    if "dataset" in opts:
+        lines = dataset_report(opts["dataset"])
+    else:
+        lines = run_report(Path(args[0]), int(episodes))
+        if int(logged):
+            lines += [""] + logged_starts_report(Path(args[0]), int(logged))
     print("\n".join(lines))
     return lines
 
