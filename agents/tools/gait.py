@@ -141,8 +141,8 @@ def velocities_from(env: gym.Env, policy, obs0: np.ndarray, vel_index: int, step
     return np.asarray(vels)
 
 
-LOGGED_HEADER = ("| offline updates / env steps | from {n} logged states: velocity, last 50 of 200 steps | share ending "
-                 "backwards | from the data's {k} episode starts: velocity | share ending backwards |\n"
+LOGGED_HEADER = ("| offline updates / env steps | from {n} logged states: velocity, last 50 of 200 steps "
+                 "| share ending backwards | from the data's {k} episode starts: velocity | share ending backwards |\n"
                  "|---|---|---|---|---|")
 
 
