@@ -385,3 +385,38 @@ def test_a_model_based_run_on_a_dataset_with_its_own_rollout_values_is_told_to_u
     assert rollout_mismatch(cfg("ensemble"), {"dataset": "default", "rollout": "halfcheetah-medium-replay"},
                             []) is None
     assert rollout_mismatch(cfg("ensemble"), {"dataset": "hopper-random", "rollout": "default"}, []) is None
+
+
+def test_rollout_starts_take_their_initial_state_share_from_logged_episode_starts(tmp_path):
+    """rollout.initial_state_share: the last round(share * n) start states of a round are the offline data's
+    episode first states (row 0 and each row after a terminal or a cut), the rest the sampler's real rows; at 0
+    the starts are the sampler's draw, the same random stream as before the option existed."""
+    store = _offline_store(n=40)
+    # episodes: rows 0-9 (terminal at 9), 10-24 (cut at 24), 25-39 (cut by the data's end)
+    store.data["terminal"][9] = 1.0
+    store.data["truncated"][24] = 1.0
+    store.data["truncated"][39] = 1.0
+    first = {0, 10, 25}
+    world = make_world_model(WorldModelConfig(kind="ensemble", hidden=[16], fit_max_epochs=1, termination="none"),
+                             RolloutConfig(horizon=1, num_starts=64, initial_state_share=0.25), OBS, ACT, None,
+                             torch.device("cpu"))
+    agent = SAC(SACConfig(**SMALL), SPEC, torch.device("cpu"))
+    trainer = Trainer(agent, TrainerConfig(progress=False, online_steps=0), lambda: None, store, tmp_path,
+                      tensorboard=False, world=world)
+    assert trainer.offline_first_rows.tolist() == sorted(first)
+    progress = _progress("offline", 0)
+    rows_of = {tuple(store.data["obs"][i].tolist()): i for i in range(40)}
+    torch.manual_seed(3)
+    starts = trainer.rollout_starts(64, progress)
+    picked = [rows_of[tuple(o.tolist())] for o in starts.obs]
+    assert len(picked) == 64 and set(picked[48:]) <= first  # 16 = 0.25 * 64 from the episode starts
+    assert not set(picked[:48]) <= first  # the rest: the sampler's uniform draw over all 40 rows
+    world.rollout_cfg.initial_state_share = 0.0
+    torch.manual_seed(3)
+    plain = trainer.rollout_starts(64, progress)
+    torch.manual_seed(3)
+    assert torch.equal(plain.obs, trainer.sampler.sample_real(64, progress).obs)
+    with pytest.raises(ConfigError, match="initial_state_share"):
+        from agents.core.config import RunConfig, check_run_config
+        check_run_config(RunConfig(agent=SACConfig(), world_model=WorldModelConfig(kind="ensemble"),
+                                   rollout=RolloutConfig(initial_state_share=1.5)))

@@ -28,6 +28,12 @@ class RolloutConfig:
     schedule: str = "updates"
     keep_rounds: int = 5  # the model store holds the last k rounds (MOPO: ~5 rounds of model data)
     chunk: int = 50_000  # start states per batched forward, bounds peak memory
+    # share of each round's start states drawn from the logged episodes' first states instead of as the sampler
+    # draws real rows. 0 = MOPO (starts uniform over the data). An evaluation starts every episode from a
+    # standstill, which the data holds once per logged episode (20 rows in 20,000 on the default dataset); MOReL
+    # (Kidambi et al. 2020) starts its model rollouts from the initial-state distribution. Our option, off by
+    # default (README, "Why MOPO/MOORe fell", step 12)
+    initial_state_share: float = 0.0
 
 
 def penalized_reward(rew: Tensor, uncertainty: Tensor, penalty_coef: float) -> Tensor:

@@ -148,6 +148,9 @@ def check_run_config(cfg: RunConfig) -> None:
     if w.kind != "none":
         if r.horizon < 0 or r.num_starts <= 0 or r.every <= 0 or r.keep_rounds <= 0 or r.chunk <= 0:
             raise ConfigError("rollout.horizon must be >= 0 and rollout.num_starts/every/keep_rounds/chunk positive.")
+        if not 0.0 <= r.initial_state_share <= 1.0:
+            raise ConfigError(f"rollout.initial_state_share={r.initial_state_share} must lie in [0, 1] (the share of "
+                              "rollout start states taken from the logged episodes' first states; 0 = MOPO).")
         if not 0.0 <= r.real_ratio <= 1.0:
             raise ConfigError(f"rollout.real_ratio={r.real_ratio} must lie in [0, 1].")
         if r.penalty_coef < 0:

@@ -56,7 +56,7 @@ from agents.core.logging import RunLogger, scalars
 from agents.core.rundir import SWITCH_FILE
 from worldmodels.data.fields import add_fields, fill_episode, fill_offline
 from worldmodels.data.samplers import SamplerConfig, Sources, make_sampler, online_seed_reserve
-from worldmodels.data.store import TransitionStore
+from worldmodels.data.store import Batch, TransitionStore
 from worldmodels.envs import get_env_state, run_episodes, set_env_state
 from worldmodels.progress import EpisodeEnd, Progress
 from worldmodels.world import WorldModel, store_fit_data
@@ -161,6 +161,7 @@ class Trainer:
         self.stop = graceful_interrupts(announce=False)  # active while run() runs
         self.interrupted: str | None = None  # the signal that stopped the run (SIGINT, SIGTERM), if any
         self.tensorboard = tensorboard
+        self._first_rows: torch.Tensor | None = None  # offline_first_rows, computed on first use
 
     # --- public ---------------------------------------------------------------------
     @property
@@ -328,8 +329,31 @@ class Trainer:
             # an online-only run (offline_updates=0) fits on the real data there is before its first rollout
             self.refit_world()
         progress = self.progress()
-        self.world.generate(lambda o: self.agent.act(o), lambda n: self.sampler.sample_real(n, progress))
+        self.world.generate(lambda o: self.agent.act(o), lambda n: self.rollout_starts(n, progress))
         self.logger.log("model", self.global_step, self.world.metrics())
+
+    def rollout_starts(self, n: int, progress: Progress) -> Batch:
+        """n start states of a model rollout: real rows as the sampler draws them (MOPO), the last
+        round(initial_state_share * n) of them the offline data's episode first states (rollout.initial_state_share)."""
+        share = self.world.rollout_cfg.initial_state_share
+        first = self.offline_first_rows
+        m = round(share * n) if first is not None and len(first) else 0
+        if m == 0:
+            return self.sampler.sample_real(n, progress)
+        initial = self.offline.gather(first[torch.randint(len(first), (m,), device=first.device)])  # [m] rows
+        return initial if m == n else Batch.cat([self.sampler.sample_real(n - m, progress), initial])
+
+    @property
+    def offline_first_rows(self) -> torch.Tensor | None:
+        """Rows of the offline store that begin a logged episode: row 0 and each row after a terminal or a cut."""
+        if self.offline is None or len(self.offline) == 0:
+            return None
+        if self._first_rows is None:  # the offline store never wraps: its rows are the dataset's, in order
+            rows = self.offline.valid()
+            ends = (rows["terminal"] > 0) | (rows["truncated"] > 0)  # [N]
+            starts = torch.cat([torch.ones(1, dtype=torch.bool, device=ends.device), ends[:-1]])
+            self._first_rows = torch.nonzero(starts).squeeze(1)
+        return self._first_rows
 
     def env_step(self) -> None:
         st = self.state
