@@ -389,34 +389,50 @@ def test_a_model_based_run_on_a_dataset_with_its_own_rollout_values_is_told_to_u
 
 def test_rollout_starts_take_their_initial_state_share_from_logged_episode_starts(tmp_path):
     """rollout.initial_state_share: the last round(share * n) start states of a round are the offline data's
-    episode first states (row 0 and each row after a terminal or a cut), the rest the sampler's real rows; at 0
-    the starts are the sampler's draw, the same random stream as before the option existed."""
+    episode first states (row 0 and each row after a terminal or a cut), the rest the sampler's real rows, and
+    they roll rollout.initial_state_horizon steps; at share 0 the starts are the sampler's draw, the same random
+    stream as before the option existed."""
     store = _offline_store(n=40)
     # episodes: rows 0-9 (terminal at 9), 10-24 (cut at 24), 25-39 (cut by the data's end)
     store.data["terminal"][9] = 1.0
     store.data["truncated"][24] = 1.0
     store.data["truncated"][39] = 1.0
     first = {0, 10, 25}
+    rcfg = RolloutConfig(horizon=1, num_starts=64, chunk=64, keep_rounds=1, initial_state_share=0.25,
+                         initial_state_horizon=3)
     world = make_world_model(WorldModelConfig(kind="ensemble", hidden=[16], fit_max_epochs=1, termination="none"),
-                             RolloutConfig(horizon=1, num_starts=64, initial_state_share=0.25), OBS, ACT, None,
-                             torch.device("cpu"))
+                             rcfg, OBS, ACT, None, torch.device("cpu"))
     agent = SAC(SACConfig(**SMALL), SPEC, torch.device("cpu"))
     trainer = Trainer(agent, TrainerConfig(progress=False, online_steps=0), lambda: None, store, tmp_path,
                       tensorboard=False, world=world)
     assert trainer.offline_first_rows.tolist() == sorted(first)
     progress = _progress("offline", 0)
+    real = lambda n: trainer.sampler.sample_real(n, progress)  # noqa: E731
     rows_of = {tuple(store.data["obs"][i].tolist()): i for i in range(40)}
     torch.manual_seed(3)
-    starts = trainer.rollout_starts(64, progress)
+    starts, m = world.start_states(64, real, trainer.initial_states)
     picked = [rows_of[tuple(o.tolist())] for o in starts.obs]
-    assert len(picked) == 64 and set(picked[48:]) <= first  # 16 = 0.25 * 64 from the episode starts
+    assert m == 16 and len(picked) == 64 and set(picked[48:]) <= first  # 0.25 * 64 from the episode starts
     assert not set(picked[:48]) <= first  # the rest: the sampler's uniform draw over all 40 rows
+    torch.manual_seed(3)
+    plain = world.start_states(64, real)[0].obs
+    torch.manual_seed(3)
+    assert torch.equal(plain, real(64).obs)  # no initial states: the sampler's draw, the same stream
+
+    # a round: 48 rollouts of h = 1 step, 16 of initial_state_horizon = 3 steps (next_obs = obs + 1 each step)
+    world.model = CountingModel(stop_at=1e9)
+    world.generate(lambda o: torch.zeros(o.shape[0], ACT), real, trainer.initial_states)
+    stored = world.store.valid()
+    assert len(world.store) == 48 * 1 + 16 * 3
+    from_first = torch.tensor([min(abs(o[0] - store.data["obs"][i][0]).item() for i in first) < 1e-6
+                               for o in stored["obs"]])
+    assert int(from_first.sum()) >= 16  # the first step of every initial rollout starts at a first state
+    assert float(stored["truncated"].sum()) == 64  # each branch ends once, at its own horizon
     world.rollout_cfg.initial_state_share = 0.0
-    torch.manual_seed(3)
-    plain = trainer.rollout_starts(64, progress)
-    torch.manual_seed(3)
-    assert torch.equal(plain.obs, trainer.sampler.sample_real(64, progress).obs)
     with pytest.raises(ConfigError, match="initial_state_share"):
         from agents.core.config import RunConfig, check_run_config
         check_run_config(RunConfig(agent=SACConfig(), world_model=WorldModelConfig(kind="ensemble"),
                                    rollout=RolloutConfig(initial_state_share=1.5)))
+    with pytest.raises(ConfigError, match="initial_state_horizon"):
+        check_run_config(RunConfig(agent=SACConfig(), world_model=WorldModelConfig(kind="ensemble"),
+                                   rollout=RolloutConfig(initial_state_horizon=-1)))

@@ -34,6 +34,9 @@ class RolloutConfig:
     # (Kidambi et al. 2020) starts its model rollouts from the initial-state distribution. Our option, off by
     # default (README, "Why MOPO/MOORe fell", step 12)
     initial_state_share: float = 0.0
+    # steps of the rollouts from those first states (0 = rollout.horizon): MOReL rolls from the initial states for
+    # whole episodes, and a gait forms over more steps than MOPO's h = 5 (README, "Why MOPO/MOORe fell", step 12)
+    initial_state_horizon: int = 0
 
 
 def penalized_reward(rew: Tensor, uncertainty: Tensor, penalty_coef: float) -> Tensor:

@@ -11,6 +11,8 @@ How many imagined rows go into a batch is the batch sampler's decision
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -134,7 +136,11 @@ class WorldModel:
         self.units = (None if cfg.penalty_units is None else
                       make_uncertainty(cfg.penalty_units, self.model, members=cfg.uncertainty_members))
         r = rollout_cfg
-        self.store = TransitionStore(r.num_starts * r.horizon * r.keep_rounds, obs_dim, act_dim, device,
+        # one round: num_starts rollouts of h steps, of which about initial_state_share * num_starts (rounded per
+        # chunk) run initial_state_horizon steps instead
+        longer = max(0, (r.initial_state_horizon or r.horizon) - r.horizon)
+        extra = (math.ceil(r.initial_state_share * r.num_starts) + math.ceil(r.num_starts / r.chunk)) * longer
+        self.store = TransitionStore((r.num_starts * r.horizon + extra) * r.keep_rounds, obs_dim, act_dim, device,
                                      source="model")
 
     # --- fitting and rolling out -------------------------------------------------------
@@ -172,21 +178,38 @@ class WorldModel:
         """MOORe's Algorithm 1: a rollout round right after each online refit."""
         return not self.null and self.rollout_cfg.schedule == "refit"
 
-    def generate(self, policy: Callable[[Tensor], Tensor], starts: Callable[[int], Batch]) -> RolloutResult | None:
-        """One rollout round from num_starts states drawn by `starts(n)`, appended to the model store."""
+    def start_states(self, n: int, starts: Callable[[int], Batch],
+                     initial: Callable[[int], Batch] | None = None) -> tuple[Batch, int]:
+        """(n start states, m): the last m = round(initial_state_share * n) drawn by `initial` (the logged episodes'
+        first states) when it is given, the others by `starts` (the sampler's real rows, MOPO)."""
+        m = round(self.rollout_cfg.initial_state_share * n) if initial is not None else 0
+        if m == 0:
+            return starts(n), 0
+        first = initial(m)
+        return (first if m == n else Batch.cat([starts(n - m), first])), m
+
+    def generate(self, policy: Callable[[Tensor], Tensor], starts: Callable[[int], Batch],
+                 initial: Callable[[int], Batch] | None = None) -> RolloutResult | None:
+        """One rollout round from num_starts states (start_states), appended to the model store."""
         if self.null:
             return None
         r = self.rollout_cfg
+        initial_horizon = r.initial_state_horizon or r.horizon
         results = []
         for begin in range(0, r.num_starts, r.chunk):
             n = min(r.chunk, r.num_starts - begin)
-            batch = starts(n)
+            batch, m = self.start_states(n, starts, initial)
             if self.penalty_scale is None:
                 self.penalty_scale = self.unit_scale(batch.obs, batch.act)
                 self._metrics["model/penalty_scale"] = self.penalty_scale
-            results.append(rollout(self.model, policy, batch.obs, r.horizon, self.uncertainty,
-                                   r.penalty_coef * self.reward_units * self.penalty_scale,
-                                   propagation=self.cfg.propagation))
+            coef = r.penalty_coef * self.reward_units * self.penalty_scale
+            # rows [0, n - m) roll h steps, the m first states initial_state_horizon steps
+            parts = [(batch.obs, r.horizon)] if m == 0 or initial_horizon == r.horizon else \
+                [(batch.obs[:n - m], r.horizon), (batch.obs[n - m:], initial_horizon)]
+            for obs, horizon in parts:
+                if obs.shape[0]:
+                    results.append(rollout(self.model, policy, obs, horizon, self.uncertainty, coef,
+                                           propagation=self.cfg.propagation))
         for res in results:
             if res.transitions:
                 self.store.add(**res.transitions)

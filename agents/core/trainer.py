@@ -329,19 +329,14 @@ class Trainer:
             # an online-only run (offline_updates=0) fits on the real data there is before its first rollout
             self.refit_world()
         progress = self.progress()
-        self.world.generate(lambda o: self.agent.act(o), lambda n: self.rollout_starts(n, progress))
+        self.world.generate(lambda o: self.agent.act(o), lambda n: self.sampler.sample_real(n, progress),
+                            self.initial_states if self.offline_first_rows is not None else None)
         self.logger.log("model", self.global_step, self.world.metrics())
 
-    def rollout_starts(self, n: int, progress: Progress) -> Batch:
-        """n start states of a model rollout: real rows as the sampler draws them (MOPO), the last
-        round(initial_state_share * n) of them the offline data's episode first states (rollout.initial_state_share)."""
-        share = self.world.rollout_cfg.initial_state_share
+    def initial_states(self, m: int) -> Batch:
+        """m of the offline data's episode first states, drawn uniformly (rollout.initial_state_share)."""
         first = self.offline_first_rows
-        m = round(share * n) if first is not None and len(first) else 0
-        if m == 0:
-            return self.sampler.sample_real(n, progress)
-        initial = self.offline.gather(first[torch.randint(len(first), (m,), device=first.device)])  # [m] rows
-        return initial if m == n else Batch.cat([self.sampler.sample_real(n - m, progress), initial])
+        return self.offline.gather(first[torch.randint(len(first), (m,), device=first.device)])
 
     @property
     def offline_first_rows(self) -> torch.Tensor | None:
