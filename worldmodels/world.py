@@ -12,7 +12,6 @@ How many imagined rows go into a batch is the batch sampler's decision
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
