@@ -152,7 +152,8 @@ def check_run_config(cfg: RunConfig) -> None:
             raise ConfigError(f"rollout.initial_state_share={r.initial_state_share} must lie in [0, 1] (the share of "
                               "rollout start states taken from the logged episodes' first states; 0 = MOPO).")
         if r.initial_state_horizon < 0:
-            raise ConfigError(f"rollout.initial_state_horizon={r.initial_state_horizon} must be >= 0 (0 = rollout.horizon).")
+            raise ConfigError(f"rollout.initial_state_horizon={r.initial_state_horizon} must be >= 0 "
+                              "(0 = rollout.horizon).")
         if not 0.0 <= r.real_ratio <= 1.0:
             raise ConfigError(f"rollout.real_ratio={r.real_ratio} must lie in [0, 1].")
         if r.penalty_coef < 0:
