@@ -45,6 +45,9 @@ from omegaconf import OmegaConf
 from agents.core.registry import discover_agents
 from agents.core.rundir import flat_config
 from benchmarks import estimators as est
+from worldmodels.data.samplers import SamplerConfig
+from worldmodels.rollout import RolloutConfig
+from worldmodels.world import WorldModelConfig
 
 PREVIOUS_DIR = "previous"
 
@@ -164,9 +167,13 @@ def _settings(tree: dict) -> dict[str, str]:
 
 
 def agent_defaults(config_cls: type | None) -> dict[str, str]:
-    """An agent config class's current defaults as `agent.<field>` settings (empty for an agent no longer in
-    agents/): a run written before a field existed ran with what the field's default keeps."""
-    return _settings({"agent": dataclasses.asdict(config_cls())}) if config_cls else {}
+    """An agent config class's current defaults as `agent.<field>` settings, and those of the world model,
+    rollout and sampler sections (the agent part is empty for an agent no longer in agents/): a run written
+    before a field existed ran with what the field's default keeps (rollout.initial_state_share, 2026-12-07)."""
+    shared = _settings({"world_model": dataclasses.asdict(WorldModelConfig()),
+                        "rollout": dataclasses.asdict(RolloutConfig()),
+                        "sampler": dataclasses.asdict(SamplerConfig())})
+    return shared | (_settings({"agent": dataclasses.asdict(config_cls())}) if config_cls else {})
 
 
 def variant_settings(config: dict, defaults: dict[str, str] | None = None) -> dict[str, str]:

@@ -181,10 +181,13 @@ def test_variants_of_one_agent_get_their_own_columns(tmp_path):
                       config=f"rollout:\n  penalty_coef: {lam}\n")
     # a run written before the field existed reads as the agent's default (PEX: 0.0) and pools with those
     write_run(root / "pex-old-s2", "pex", "test/d1-v0", 2, 12.0, [10.0] * 3, config="agent:\n  beta: 10.0\n")
+    # the same for the rollout section: a run that states a new field at its default pools with one that predates it
+    write_run(root / "pex-new-s3", "pex", "test/d1-v0", 3, 8.0, [10.0] * 3,
+              config="agent:\n  beta: 10.0\nrollout:\n  initial_state_share: 0.0\n  initial_state_horizon: 0\n")
     out = tmp_path / "report"
     assert R.main([str(root), f"out={out}", "reps=50"]) == 0
     text = (out / "report.md").read_text()
-    assert row(text, "pex (selection_penalty=0.0)")[1:4] == ["test/d1-v0", "3", "11.0 ± 0.8"]
+    assert row(text, "pex (selection_penalty=0.0)")[1:4] == ["test/d1-v0", "4", "10.2 ± 1.5"]
     assert row(text, "pex (selection_penalty=1.0)")[1:4] == ["test/d1-v0", "2", "30.5 ± 0.5"]
     assert [r[1] for r in (row(text, "mopo"),)] == ["test/d1-v0"]  # one mopo column, on both datasets
     assert "mopo (" not in text
