@@ -151,8 +151,7 @@ def logged_starts_report(run_dir: Path, n: int) -> list[str]:
     trainer, cfg = load_trainer(run_dir, model_based=False)
     body = body_of(trainer.summary_extra["env_id"])
     data = load_dataset(cfg, trainer.device)
-    ids = np.asarray(data.episode_ids)
-    first = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # each logged episode's first row
+    first = np.flatnonzero(data.episode_starts)  # each logged episode's first row
     drawn = np.random.default_rng(0).choice(data.num_transitions, min(n, data.num_transitions), replace=False)
     env = make_env(trainer.summary_extra["env_id"])
     env.reset(seed=0)
