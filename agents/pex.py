@@ -21,7 +21,10 @@ argmax (the reference keeps eps 0.1 sampling in each); pi_new uses the package's
 
     python -m agents.pex
     python -m agents.pex agent.selection_penalty=1.0   # LCB selection: Q - 1.0 * std_i Q_i
-    python -m agents.pex world_model=ensemble agent.selection_penalty=1.0 agent.uncertainty=ensemble_std
+    # LCB by the dynamics ensemble's std; the model is fitted on the data but not rolled out (IQL trains on real
+    # rows only, as the paper's); without world_model.rollouts=false PEX also trains on the model's rollouts
+    python -m agents.pex world_model=ensemble world_model.rollouts=false agent.selection_penalty=1.0 \
+        agent.uncertainty=ensemble_std
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ class PEX(IQL):
             return
         if model is None:
             raise ConfigError(f"agent.uncertainty={self.cfg.uncertainty} reads the dynamics ensemble of a world model; "
-                              "turn one on (world_model=ensemble) or use agent.uncertainty=q_std.")
+                              "turn one on (world_model=ensemble, and world_model.rollouts=false to fit it for u "
+                              "alone) or use agent.uncertainty=q_std.")
         self.uncertainty = make_uncertainty(self.cfg.uncertainty, model)
 
     def candidate_uncertainty(self, obs: Tensor, act: Tensor) -> Tensor:

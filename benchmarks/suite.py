@@ -184,7 +184,10 @@ def override_dirname(overrides: dict[str, str], start_from: Path | None = None) 
 
 def model_based(agent: str, overrides: dict[str, str] | None = None) -> bool:
     """Whether the agent's runs have a world model: `world_model=` among the overrides (any agent trains on
-    imagined data by that switch), else its root config's defaults list's world_model choice."""
+    imagined data by that switch), else its root config's defaults list's world_model choice. A world model
+    that is never rolled out (`world_model.rollouts=false`) reads no rollout values."""
+    if overrides and str(overrides.get("world_model.rollouts", "true")).lower() == "false":
+        return False
     if overrides and "world_model" in overrides:
         return overrides["world_model"] != "none"
     defaults = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{agent}.yaml")).get("defaults", [])

@@ -96,6 +96,10 @@ def test_model_based_agents_take_each_datasets_rollout_values(tmp_path):
     off = S.load_suite({"suite": "quick", "agents": "[moore]", "datasets": "[hopper-medium-replay]", "seeds": "1",
                         "world_model": "none"})
     assert S.plan(off, tmp_path)[0].extra == {}
+    # a world model fitted for u alone (world_model.rollouts=false) is never rolled out: no rollout values
+    fit_only = S.load_suite({"suite": "quick", "agents": "[pex]", "datasets": "[hopper-medium-replay]", "seeds": "1",
+                             "world_model": "ensemble", "world_model.rollouts": "false"})
+    assert S.plan(fit_only, tmp_path)[0].extra == {}
 
 
 def test_suite_end_to_end_two_agents(tmp_path, tiny_dataset_id, monkeypatch):

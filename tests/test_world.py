@@ -19,6 +19,7 @@ from worldmodels.data.store import TransitionStore
 from worldmodels.dynamics import StepResult
 from worldmodels.progress import Progress
 from worldmodels.rollout import RolloutConfig, penalized_reward, rollout
+from worldmodels.uncertainty import make_uncertainty
 from worldmodels.world import WorldModelConfig, make_world_model, store_fit_data
 
 OBS, ACT = 3, 2
@@ -373,13 +374,14 @@ def test_a_model_based_run_on_a_dataset_with_its_own_rollout_values_is_told_to_u
 
     from agents.core.entry import rollout_mismatch
 
-    def cfg(kind):
-        return SimpleNamespace(world_model=SimpleNamespace(kind=kind))
+    def cfg(kind, rollouts=True):
+        return SimpleNamespace(world_model=SimpleNamespace(kind=kind, rollouts=rollouts))
 
     choices = {"dataset": "hopper-medium-replay", "rollout": "halfcheetah-medium-replay"}
     line = rollout_mismatch(cfg("ensemble"), choices, ["dataset=hopper-medium-replay"])
     assert "rollout=hopper-medium-replay" in line and "configs/rollout/hopper-medium-replay.yaml" in line
     assert rollout_mismatch(cfg("none"), choices, []) is None  # model-free: no rollouts at all
+    assert rollout_mismatch(cfg("ensemble", rollouts=False), choices, []) is None  # fitted for u, never rolled out
     assert rollout_mismatch(cfg("ensemble"), choices, ["rollout=halfcheetah-medium-replay"]) is None  # named
     assert rollout_mismatch(cfg("ensemble"), choices | {"rollout": "hopper-medium-replay"}, []) is None
     assert rollout_mismatch(cfg("ensemble"), {"dataset": "default", "rollout": "halfcheetah-medium-replay"},
@@ -436,3 +438,30 @@ def test_rollout_starts_take_their_initial_state_share_from_logged_episode_start
     with pytest.raises(ConfigError, match="initial_state_horizon"):
         check_run_config(RunConfig(agent=SACConfig(), world_model=WorldModelConfig(kind="ensemble"),
                                    rollout=RolloutConfig(initial_state_horizon=-1)))
+
+
+def test_a_world_model_without_rollouts_is_fitted_for_u_and_the_agent_trains_on_real_rows_only(tmp_path):
+    """world_model.rollouts=false (PEX's dynamics lower bound): the ensemble is fitted, so u reads a trained model,
+    but it never rolls out, every batch row is real, and its state survives a checkpoint."""
+    wcfg = WorldModelConfig(kind="ensemble", hidden=[16, 16], fit_max_epochs=2, termination="none", rollouts=False)
+    rcfg = RolloutConfig(horizon=5, real_ratio=0.05, num_starts=64, every=10, keep_rounds=2, chunk=64)
+    world = make_world_model(wcfg, rcfg, OBS, ACT, None, torch.device("cpu"))
+    assert not world.null and not world.imagines and world.store is None and not world.due(0)
+    torch.manual_seed(0)
+    mopo = MOPO(MOPOConfig(**SMALL), SPEC, torch.device("cpu"))
+    trainer = _trainer(mopo, world, tmp_path)
+    sources = []
+    update = mopo.update
+    mopo.update = lambda batch, progress: sources.append(batch.source) or update(batch, progress)
+    trainer.run()
+    assert world.fitted and world.rounds == 0 and (tmp_path / "dynamics.pt").exists()
+    assert len(sources) == 30 and all(bool((s == 0).all()) for s in sources)  # offline rows only
+    u = make_uncertainty("ensemble_std", world.model)
+    real = _offline_store(64, seed=1).valid()
+    assert torch.isfinite(u(real["obs"], real["act"])).all() and (u(real["obs"], real["act"]) > 0).all()
+    # a checkpoint of the fit-only world restores the fitted model into a fresh one
+    fresh = make_world_model(wcfg, rcfg, OBS, ACT, None, torch.device("cpu"))
+    fresh.load_state_dict(world.state_dict())
+    assert fresh.fitted and fresh.store is None
+    for a, b in zip(world.model.state_dict().values(), fresh.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -2,7 +2,9 @@
 
 The null world model (the default of every agent; `world_model=none`, or horizon 0, or real
 share 1) has no model store and never fits or rolls out, so a model-free agent is exactly the
-zero-rollout case. The ensemble world model fits a DynamicsEnsemble on real data and runs
+zero-rollout case. `world_model.rollouts=false` fits (and refits) the ensemble but never rolls it
+out: a model for the uncertainty API alone (PEX's dynamics lower bound), the agent trains on real data.
+The ensemble world model fits a DynamicsEnsemble on real data and runs
 penalized branched rollouts into a model store that keeps the last `keep_rounds` rounds: every
 `rollout.every` updates, or online right after each refit (`rollout.schedule=refit`, MOORe).
 How many imagined rows go into a batch is the batch sampler's decision
@@ -66,6 +68,9 @@ class WorldModelConfig:
     fit_max_seconds: float | None = None  # wall-clock cap per fit (None = none)
     refit_every: int = 0  # online env steps between refits on offline + online data (0 = never)
     load_path: str | None = None  # a saved DynamicsEnsemble to use instead of fitting offline
+    # false: fit (and refit) the ensemble, never roll it out; it serves the uncertainty API alone (e.g. PEX's
+    # `agent.uncertainty=ensemble_std` lower bound on a model-free agent) and the rollout group is not read (ours)
+    rollouts: bool = True
 
 
 KINDS = ("none", "ensemble")
@@ -102,7 +107,8 @@ def d4rl_reward_units(env_id: str | None, ref_min: float | None, ref_max: float 
 
 
 def is_null(cfg: WorldModelConfig, rollout_cfg: RolloutConfig) -> bool:
-    return cfg.kind == "none" or rollout_cfg.horizon == 0 or rollout_cfg.real_ratio >= 1.0
+    """No model at all: none, or a model whose rollouts would add nothing (h = 0, real share 1)."""
+    return cfg.kind == "none" or (cfg.rollouts and (rollout_cfg.horizon == 0 or rollout_cfg.real_ratio >= 1.0))
 
 
 class WorldModel:
@@ -113,6 +119,7 @@ class WorldModel:
         self.cfg, self.rollout_cfg, self.device = cfg, rollout_cfg, device
         self.reward_units = reward_units  # lambda's reward-unit factor (world_model.penalty_reward_units); 1 = none
         self.null = is_null(cfg, rollout_cfg)
+        self.imagines = not self.null and cfg.rollouts  # rolls out into a model store (false: fitted for u only)
         self.model: DynamicsEnsemble | None = None
         self.store: TransitionStore | None = None
         self.fitted = False
@@ -134,6 +141,8 @@ class WorldModel:
         self.uncertainty = make_uncertainty(cfg.uncertainty, self.model, members=cfg.uncertainty_members)
         self.units = (None if cfg.penalty_units is None else
                       make_uncertainty(cfg.penalty_units, self.model, members=cfg.uncertainty_members))
+        if not self.imagines:
+            return
         r = rollout_cfg
         # one round: num_starts rollouts of h steps, of which about initial_state_share * num_starts (rounded per
         # chunk) run initial_state_horizon steps instead
@@ -165,7 +174,7 @@ class WorldModel:
     def due(self, updates: int, online: bool = False) -> bool:
         """A rollout round is due before update number `updates` (and always before the first).
         Online under `rollout.schedule=refit` rounds follow refits instead (`after_refit`)."""
-        if self.null:
+        if not self.imagines:
             return False
         if len(self.store) == 0:
             return True
@@ -175,7 +184,7 @@ class WorldModel:
 
     def after_refit(self) -> bool:
         """MOORe's Algorithm 1: a rollout round right after each online refit."""
-        return not self.null and self.rollout_cfg.schedule == "refit"
+        return self.imagines and self.rollout_cfg.schedule == "refit"
 
     def start_states(self, n: int, starts: Callable[[int], Batch],
                      initial: Callable[[int], Batch] | None = None) -> tuple[Batch, int]:
@@ -190,7 +199,7 @@ class WorldModel:
     def generate(self, policy: Callable[[Tensor], Tensor], starts: Callable[[int], Batch],
                  initial: Callable[[int], Batch] | None = None) -> RolloutResult | None:
         """One rollout round from num_starts states (start_states), appended to the model store."""
-        if self.null:
+        if not self.imagines:
             return None
         r = self.rollout_cfg
         initial_horizon = r.initial_state_horizon or r.horizon
@@ -231,7 +240,7 @@ class WorldModel:
         if self.null:
             return {}
         return {"model": self.model.state_dict(), "optimizer": self.model.optimizer.state_dict(),
-                "store": self.store.state_dict(), "fitted": self.fitted, "rounds": self.rounds,
+                "store": self.store.state_dict() if self.imagines else {}, "fitted": self.fitted, "rounds": self.rounds,
                 "metrics": self.metrics(), "penalty_scale": self.penalty_scale}
 
     def load_state_dict(self, state: dict) -> None:
@@ -239,7 +248,8 @@ class WorldModel:
             return
         self.model.load_state_dict(state["model"])
         self.model.optimizer.load_state_dict(state["optimizer"])
-        self.store.load_state_dict(state["store"])
+        if self.imagines:
+            self.store.load_state_dict(state["store"])
         self.fitted, self.rounds = state["fitted"], state["rounds"]
         self._metrics = dict(state["metrics"])
         self.penalty_scale = state.get("penalty_scale", self.penalty_scale)  # absent in older checkpoints

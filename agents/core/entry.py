@@ -236,7 +236,7 @@ def rollout_mismatch(cfg, choices: dict[str, str], task_overrides: list[str]) ->
     default dataset, so say which values to add (benchmarks.suite adds them itself)."""
     dataset, rollout = choices.get("dataset"), choices.get("rollout")
     own = dataset_rollout(dataset)
-    if cfg.world_model.kind == "none" or own is None or own == rollout:
+    if cfg.world_model.kind == "none" or not cfg.world_model.rollouts or own is None or own == rollout:
         return None
     if any(o.split("=", 1)[0].lstrip("+~") == "rollout" for o in task_overrides):
         return None

@@ -151,7 +151,7 @@ class Trainer:
         if offline is not None and self.fields:
             fill_offline(offline, self.fields)
         sources = Sources(offline, self.online, self.world.store if self.model_based else None)
-        real_ratio = self.world.rollout_cfg.real_ratio if self.model_based else 1.0
+        real_ratio = self.world.rollout_cfg.real_ratio if self.model_based and self.world.imagines else 1.0
         self.sampler = make_sampler(sampler, sources, real_ratio)
         self.obs: np.ndarray | None = None
         self.on_evaluate: list[Callable[[Trainer, EvalResult], None]] = []  # e.g. policy snapshots
