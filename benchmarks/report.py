@@ -181,7 +181,19 @@ def variant_settings(config: dict, defaults: dict[str, str] | None = None) -> di
     config lacks take `defaults`."""
     picked = {k: config[k] for k in VARIANT_SECTIONS if k in config}
     picked["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k in VARIANT_TRAINER_KEYS}
-    return (defaults or {}) | _settings(picked)
+    return unread_dropped((defaults or {}) | _settings(picked))
+
+
+def unread_dropped(settings: dict[str, str]) -> dict[str, str]:
+    """Settings without those the run never reads, so they cannot split an agent: a model-free run
+    (world_model.kind=none) reads no other world_model or rollout field, and a world model that is never rolled
+    out (world_model.rollouts=false, PEX's dynamics lower bound) reads no rollout field."""
+    if settings.get("world_model.kind") == "none":
+        return {k: v for k, v in settings.items() if not k.startswith("rollout.")
+                and (not k.startswith("world_model.") or k == "world_model.kind")}
+    if settings.get("world_model.rollouts") == "False":
+        return {k: v for k, v in settings.items() if not k.startswith("rollout.")}
+    return settings
 
 
 def label_variants(runs: list[Run]) -> list[Run]:
@@ -198,11 +210,12 @@ def label_variants(runs: list[Run]) -> list[Run]:
         by_group[(r.agent, r.dataset)].append(r)
     for (agent, _), rs in by_group.items():
         every = set().union(*(settings[id(r)] for r in rs))
-        keys[agent] |= {k for k in every if len({settings[id(r)].get(k) for r in rs}) > 1}
+        # a key a run does not read (unread_dropped) differs only among the runs that read it
+        keys[agent] |= {k for k in every if len({settings[id(r)][k] for r in rs if k in settings[id(r)]}) > 1}
     for r in runs:
         if keys[r.agent]:
-            shown = ", ".join(f"{k.removeprefix('agent.')}={settings[id(r)].get(k, 'unset')}"
-                              for k in sorted(keys[r.agent]))
+            shown = ", ".join(f"{k.removeprefix('agent.')}={settings[id(r)][k]}"
+                              for k in sorted(keys[r.agent]) if k in settings[id(r)])
             r.agent = f"{r.agent} ({shown})"
     return runs
 

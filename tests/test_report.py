@@ -193,6 +193,28 @@ def test_variants_of_one_agent_get_their_own_columns(tmp_path):
     assert "mopo (" not in text
 
 
+def test_settings_a_run_never_reads_do_not_split_an_agent(tmp_path):
+    """A rollout value differs between runs of one dataset, but only runs that roll a model out read it: a
+    model-free run and a world model fitted for u alone (world_model.rollouts=false) pool with their kind."""
+    root = tmp_path / "runs"
+    for seed, lam in ((0, 0.5), (1, 1.0)):
+        fit_only = f"world_model:\n  kind: ensemble\n  rollouts: false\nrollout:\n  penalty_coef: {lam}\n"
+        write_run(root / f"fit-only-s{seed}", "pex", "test/d1-v0", seed, 10.0, [10.0] * 3, config=fit_only)
+        model_free = f"world_model:\n  kind: none\n  uncertainty: disagreement\nrollout:\n  penalty_coef: {lam}\n"
+        write_run(root / f"free-s{seed}", "pex", "test/d1-v0", seed, 20.0, [20.0] * 3, config=model_free)
+        rolled = f"world_model:\n  kind: ensemble\nrollout:\n  penalty_coef: {lam}\n"
+        write_run(root / f"rolled-s{seed}", "pex", "test/d1-v0", seed, 30.0 + seed, [30.0] * 3, config=rolled)
+    out = tmp_path / "report"
+    assert R.main([str(root), f"out={out}", "reps=50"]) == 0
+    text = (out / "report.md").read_text()
+    assert row(text, "pex (world_model.kind=none)")[1:4] == ["test/d1-v0", "2", "20.0 ± 0.0"]
+    assert row(text, "pex (world_model.kind=ensemble, world_model.rollouts=False)")[1:4] == ["test/d1-v0", "2",
+                                                                                           "10.0 ± 0.0"]
+    # rolled out, the coefficient is read and splits the runs
+    assert row(text, "pex (rollout.penalty_coef=0.5, world_model.kind=ensemble, world_model.rollouts=True)")[2] == "1"
+    assert row(text, "pex (rollout.penalty_coef=1.0, world_model.kind=ensemble, world_model.rollouts=True)")[2] == "1"
+
+
 def test_curve_is_the_mean_over_seeds_at_each_step(runs_dir):
     runs, _ = R.find_runs([runs_dir])
     groups = R.group(runs)
